@@ -1,0 +1,1 @@
+//! The FlexOlmo mixture-of-experts model on burn (work in progress).
