@@ -1,0 +1,194 @@
+//! Training an expert against a frozen anchor (FlexOlmo §3.3, "training experts
+//! to coordinate").
+//!
+//! The contributor's model has two experts per layer: the anchor's public FFN
+//! (frozen) and its own FFN (trainable, initialised as a copy of the public one),
+//! routed by `[r_pub (frozen), r_i (trainable)]` with both experts always active.
+//! A learned scalar `b_i` per layer is added as `min(b_i, 0)` to the own expert's
+//! router logit during training and dropped at merge. Only the own FFN, `r_i`
+//! and `b_i` receive updates: embeddings, attention, norms and the LM head are
+//! the anchor's tensors, never written. `r_i` starts as the mean router input
+//! of the anchor over the contributor's data (domain-informed initialisation).
+
+use std::time::Instant;
+
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::ModelError;
+use crate::expert::{ExpertPackage, TrainingMetadata};
+use crate::model::{FlexOlmo, Ffn, Trace, to_host, to_host_transposed};
+use crate::names;
+use crate::objective::{StepInfo, TrainOptions, heldout_loss, lm_loss, sample_batch};
+use crate::optim::{AdamW, AdamWConfig, Param, schedule};
+use crate::weights::{HostTensor, TensorMap};
+
+/// Mean router input of every layer of `model` over up to `max_tokens` of `stream`.
+pub fn mean_router_inputs(
+    model: &FlexOlmo,
+    stream: &[u32],
+    seq_len: usize,
+    max_tokens: usize,
+) -> Result<Vec<Vec<f32>>, ModelError> {
+    let take = stream.len().min(max_tokens);
+    let rows = take / seq_len;
+    if rows == 0 {
+        return Err(ModelError::Argument(format!(
+            "need at least {seq_len} tokens to initialise the router, got {take}"
+        )));
+    }
+    let mut trace = Trace { router_input_sums: Some(Vec::new()), ..Trace::default() };
+    for chunk in stream[..rows * seq_len].chunks(seq_len * 8) {
+        let b = chunk.len() / seq_len;
+        model.hidden(chunk, b, &mut trace)?;
+    }
+    let n = (rows * seq_len) as f64;
+    Ok(trace
+        .router_input_sums
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.into_iter().map(|v| (v / n) as f32).collect())
+        .collect())
+}
+
+struct ExpertParams {
+    /// Per layer: own gate_up, own down, r_i `[hidden, 1]`, b_i `[1, 1]`.
+    params: Vec<Param>,
+}
+
+impl ExpertParams {
+    fn layer(&self, l: usize) -> [&Param; 4] {
+        let p = &self.params[4 * l..4 * l + 4];
+        [&p[0], &p[1], &p[2], &p[3]]
+    }
+}
+
+/// Builds the 2-expert training model from the frozen anchor and the current parameters.
+fn two_expert_model(base: &FlexOlmo, ps: &ExpertParams, detach: bool) -> FlexOlmo {
+    let mut model = base.clone();
+    let device = base.device();
+    let v = |p: &Param| if detach { p.value.clone().detach() } else { p.value.clone() };
+    for (l, layer) in model.layers.iter_mut().enumerate() {
+        let [gu, down, r, b] = ps.layer(l);
+        let public = layer.experts[0].clone();
+        layer.experts = vec![public, Ffn { gate_up: v(gu), down: v(down) }];
+        layer.router = Tensor::cat(vec![layer.router.clone(), v(r)], 1);
+        let b = v(b);
+        let neg = (b.clone() - relu(b)).reshape([1]);
+        layer.router_bias = Some(Tensor::cat(vec![Tensor::zeros([1], &device), neg], 0));
+    }
+    model.config.num_experts = 2;
+    model.config.num_experts_per_tok = 2;
+    model.top_k = 2;
+    model
+}
+
+/// Trains an expert for `anchor` on `train` tokens; `heldout` tokens, when given,
+/// are scored by the anchor and by the final 2-expert model.
+pub fn train_expert(
+    anchor: &Checkpoint,
+    anchor_digest: &str,
+    train: &[u32],
+    heldout: Option<&[u32]>,
+    opts: &TrainOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(&StepInfo),
+) -> Result<ExpertPackage, ModelError> {
+    if anchor.config.num_experts != 1 {
+        return Err(ModelError::Argument(format!(
+            "experts are trained against a one-expert anchor; this checkpoint has {} experts",
+            anchor.config.num_experts
+        )));
+    }
+    let started = Instant::now();
+    let ad = device.clone().autodiff();
+    let base = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &ad)?;
+    let seq_len = opts.seq_len.min(anchor.config.max_position_embeddings);
+    let anchor_heldout = match heldout {
+        Some(h) => Some(heldout_loss(&base, h, seq_len, opts.batch_size, opts.eval_tokens)?),
+        None => None,
+    };
+    let r_init = mean_router_inputs(&base, train, seq_len, 65_536)?;
+    let mut params = Vec::with_capacity(4 * base.layers.len());
+    for (l, layer) in base.layers.iter().enumerate() {
+        let h = anchor.config.hidden_size;
+        let public = &layer.experts[0];
+        params.push(Param::new(public.gate_up.clone(), true, &ad));
+        params.push(Param::new(public.down.clone(), true, &ad));
+        let r = Tensor::<2>::from_data(burn::tensor::TensorData::new(r_init[l].clone(), [h, 1]), &ad);
+        params.push(Param::new(r, false, &ad));
+        params.push(Param::new(Tensor::zeros([1, 1], &ad), false, &ad));
+    }
+    let mut ps = ExpertParams { params };
+    let mut opt = AdamW::new(AdamWConfig { lr: opts.lr, weight_decay: opts.weight_decay, ..AdamWConfig::default() });
+    let mut recent = Vec::new();
+    for step in 0..opts.steps {
+        let t0 = Instant::now();
+        let windows = sample_batch(train, seq_len, opts.batch_size, opts.seed, step)?;
+        let model = two_expert_model(&base, &ps, false);
+        let (ce, z) = lm_loss(&model, &windows, opts.batch_size, opts.z_loss_weight > 0.0)?;
+        let loss_value = f64::from(ce.clone().into_scalar::<f32>());
+        if !loss_value.is_finite() {
+            return Err(ModelError::Diverged(format!("loss is {loss_value} at step {step}")));
+        }
+        let total = match z {
+            Some(z) => ce + z.mul_scalar(opts.z_loss_weight),
+            None => ce,
+        };
+        let grads = total.backward();
+        let lr = schedule(opts.lr, step, opts.warmup, opts.steps);
+        let grad_norm = opt.step(&mut ps.params, &grads, lr)?;
+        recent.push(loss_value);
+        if recent.len() > 20 {
+            recent.remove(0);
+        }
+        let is_last = step + 1 == opts.steps;
+        let eval_loss = match heldout {
+            Some(h) if opts.eval_every > 0 && (step + 1) % opts.eval_every == 0 && !is_last => {
+                Some(heldout_loss(&two_expert_model(&base, &ps, true), h, seq_len, opts.batch_size, opts.eval_tokens)?)
+            }
+            _ => None,
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        progress(&StepInfo {
+            step: step + 1,
+            total: opts.steps,
+            loss: loss_value,
+            lr,
+            grad_norm,
+            tokens_per_s: (opts.batch_size * seq_len) as f64 / secs.max(1e-9),
+            eval_loss,
+        });
+    }
+    let final_model = two_expert_model(&base, &ps, true);
+    let heldout_final = match heldout {
+        Some(h) => Some(heldout_loss(&final_model, h, seq_len, opts.batch_size, opts.eval_tokens)?),
+        None => None,
+    };
+    let mut tensors = TensorMap::new();
+    let inter = anchor.config.intermediate_size;
+    for l in 0..base.layers.len() {
+        let [gu, down, r, _] = ps.layer(l);
+        let gu = to_host_transposed(gu.value.clone().inner());
+        tensors.insert(names::package_ffn(l, "gate_proj"), gu.rows(0, inter)?);
+        tensors.insert(names::package_ffn(l, "up_proj"), gu.rows(inter, inter)?);
+        tensors.insert(names::package_ffn(l, "down_proj"), to_host_transposed(down.value.clone().inner()));
+        let r = to_host(r.value.clone().inner());
+        tensors.insert(names::package_router(l), HostTensor::new(vec![r.data.len()], r.data)?);
+    }
+    let training = TrainingMetadata {
+        tokens: opts.steps * (opts.batch_size * seq_len) as u64,
+        steps: opts.steps,
+        batch_size: opts.batch_size,
+        seq_len,
+        learning_rate: opts.lr,
+        seed: opts.seed,
+        final_train_loss: recent.iter().sum::<f64>() / recent.len().max(1) as f64,
+        heldout_loss: heldout_final,
+        anchor_heldout_loss: anchor_heldout,
+        data_tokens: train.len() as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    ExpertPackage::new(&anchor.config, anchor_digest.to_owned(), tensors, training)
+}

@@ -1,0 +1,136 @@
+//! Training batches and the training objective: next-token cross-entropy plus the
+//! router z-loss.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::ModelError;
+use crate::model::{FlexOlmo, Trace};
+
+/// Settings shared by anchor pretraining and expert training.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warm-up steps.
+    pub warmup: u64,
+    /// Decoupled weight decay on matrices.
+    pub weight_decay: f64,
+    /// Seed of batch sampling (and of initialisation where there is one).
+    pub seed: u64,
+    /// Weight of the router z-loss.
+    pub z_loss_weight: f64,
+    /// Evaluate on held-out text every this many steps (0: only at the end).
+    pub eval_every: u64,
+    /// Held-out tokens scored per evaluation (a prefix of the held-out stream).
+    pub eval_tokens: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            steps: 300,
+            batch_size: 8,
+            seq_len: 256,
+            lr: 2e-3,
+            warmup: 20,
+            weight_decay: 0.0,
+            seed: 0,
+            z_loss_weight: 1e-3,
+            eval_every: 0,
+            eval_tokens: 32_768,
+        }
+    }
+}
+
+/// What a training loop reports after each step.
+#[derive(Clone, Debug)]
+pub struct StepInfo {
+    /// Steps done (1-based).
+    pub step: u64,
+    /// Steps in the run.
+    pub total: u64,
+    /// Training loss of this step (cross-entropy, nats/token).
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training tokens per second over this step.
+    pub tokens_per_s: f64,
+    /// Held-out loss, on steps that evaluated.
+    pub eval_loss: Option<f64>,
+}
+
+/// Draws `batch` windows of `seq_len + 1` tokens for `step`; the draw depends only
+/// on `(seed, step)`, so a resumed run sees the same batches.
+pub fn sample_batch(stream: &[u32], seq_len: usize, batch: usize, seed: u64, step: u64) -> Result<Vec<u32>, ModelError> {
+    if stream.len() < seq_len + 1 {
+        return Err(ModelError::Argument(format!(
+            "the training text has {} tokens; at least seq_len + 1 = {} are needed",
+            stream.len(),
+            seq_len + 1
+        )));
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut out = Vec::with_capacity(batch * (seq_len + 1));
+    for _ in 0..batch {
+        let start = rng.random_range(0..=stream.len() - seq_len - 1);
+        out.extend_from_slice(&stream[start..start + seq_len + 1]);
+    }
+    Ok(out)
+}
+
+/// Splits `batch` windows of `seq + 1` tokens into inputs and next-token targets.
+pub fn inputs_and_targets(windows: &[u32], batch: usize) -> (Vec<u32>, Vec<i64>) {
+    let w = windows.len() / batch;
+    let mut inputs = Vec::with_capacity(batch * (w - 1));
+    let mut targets = Vec::with_capacity(batch * (w - 1));
+    for row in windows.chunks(w) {
+        inputs.extend_from_slice(&row[..w - 1]);
+        targets.extend(row[1..].iter().map(|&t| i64::from(t)));
+    }
+    (inputs, targets)
+}
+
+/// Mean next-token cross-entropy of `model` on `batch` windows, and the summed
+/// router z-loss (mean over tokens of `logsumexp(router logits)²`, summed over layers).
+pub fn lm_loss(model: &FlexOlmo, windows: &[u32], batch: usize, want_z: bool) -> Result<(Tensor<1>, Option<Tensor<1>>), ModelError> {
+    let (inputs, targets) = inputs_and_targets(windows, batch);
+    let mut trace = Trace { keep_router_logits: want_z, ..Trace::default() };
+    let logits = model.logits(&inputs, batch, &mut trace)?;
+    let n = targets.len();
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device());
+    let ce = log_softmax(logits, 1).gather(1, idx).mean().neg();
+    let z = if want_z {
+        let mut acc: Option<Tensor<1>> = None;
+        for logits in trace.router_logits {
+            let max = logits.clone().max_dim(1).detach();
+            let lse = (logits - max.clone()).exp().sum_dim(1).log() + max;
+            let term = lse.square().mean();
+            acc = Some(match acc {
+                Some(a) => a + term,
+                None => term,
+            });
+        }
+        acc
+    } else {
+        None
+    };
+    Ok((ce, z))
+}
+
+/// Mean next-token loss (nats/token) on up to `max_tokens` of `stream`, without gradients.
+pub fn heldout_loss(model: &FlexOlmo, stream: &[u32], seq_len: usize, batch: usize, max_tokens: usize) -> Result<f64, ModelError> {
+    let stream = &stream[..stream.len().min(max_tokens.max(seq_len + 1))];
+    let report = crate::eval::evaluate(model, stream, seq_len, batch, &mut |_, _| {})?;
+    Ok(report.nll)
+}

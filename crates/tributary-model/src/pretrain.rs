@@ -1,0 +1,304 @@
+//! Pretraining the dense anchor (one expert) on the public corpus, with
+//! checkpoint/resume, and computing its public router row `r_pub`.
+//!
+//! Every tensor but the router is trained (with a single expert the router's
+//! softmax is 1 whatever its row, so it gets no gradient). After training,
+//! `r_pub` for each layer is set to the mean router input over public text and
+//! written into `mlp.gate.weight`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::FlexOlmoConfig;
+use crate::error::ModelError;
+use crate::expert_train::mean_router_inputs;
+use crate::model::{Attention, FlexOlmo, Ffn, Layer, to_host, to_host_transposed};
+use crate::names;
+use crate::objective::{StepInfo, TrainOptions, heldout_loss, lm_loss, sample_batch};
+use crate::optim::{AdamW, AdamWConfig, Param, schedule};
+use crate::weights::{HostTensor, TensorMap, write_atomic};
+
+/// Parameters per decoder layer in the flat list.
+const PER_LAYER: usize = 8;
+/// Embedding, LM head, final norm.
+const GLOBAL: usize = 3;
+
+/// A freshly initialised dense checkpoint: matrices ~ N(0, 0.02²), norms 1,
+/// router rows 0 (set by [`set_public_router`] after training).
+pub fn init_anchor(config: &FlexOlmoConfig, seed: u64) -> Result<Checkpoint, ModelError> {
+    if config.num_experts != 1 {
+        return Err(ModelError::Argument("an anchor has num_experts = 1".into()));
+    }
+    config.validate()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tensors = TensorMap::new();
+    for (name, shape) in Checkpoint::expected_shapes(config) {
+        let n: usize = shape.iter().product();
+        let data = if name.ends_with("norm.weight") || name.ends_with("layernorm.weight") {
+            vec![1.0; n]
+        } else if name.contains(".mlp.gate.") {
+            vec![0.0; n]
+        } else {
+            // Scale output projections down with depth, as is usual for residual nets.
+            let std = if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+                0.02 / (2.0 * config.num_hidden_layers as f64).sqrt()
+            } else {
+                0.02
+            };
+            (0..n).map(|_| (gaussian(&mut rng) * std) as f32).collect()
+        };
+        tensors.insert(name, HostTensor::new(shape, data)?);
+    }
+    Ok(Checkpoint { config: config.clone(), tensors, source_dir: None })
+}
+
+fn gaussian(rng: &mut StdRng) -> f64 {
+    // Box–Muller.
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+fn params_of(model: &FlexOlmo, device: &Device) -> Vec<Param> {
+    let row = |t: &Tensor<1>| {
+        let n = t.dims()[0];
+        t.clone().reshape([1, n])
+    };
+    let mut ps = vec![
+        Param::new(model.embed.clone(), false, device),
+        Param::new(model.lm_head.clone(), true, device),
+        Param::new(row(&model.norm), false, device),
+    ];
+    for layer in &model.layers {
+        ps.push(Param::new(layer.attn.qkv.clone(), true, device));
+        ps.push(Param::new(layer.attn.out.clone(), true, device));
+        ps.push(Param::new(row(&layer.attn.q_norm), false, device));
+        ps.push(Param::new(row(&layer.attn.k_norm), false, device));
+        ps.push(Param::new(row(&layer.post_attention_norm), false, device));
+        ps.push(Param::new(row(&layer.post_feedforward_norm), false, device));
+        ps.push(Param::new(layer.experts[0].gate_up.clone(), true, device));
+        ps.push(Param::new(layer.experts[0].down.clone(), true, device));
+    }
+    ps
+}
+
+fn model_of(template: &FlexOlmo, ps: &[Param]) -> FlexOlmo {
+    let vec1 = |p: &Param| {
+        let n = p.value.dims()[1];
+        p.value.clone().reshape([n])
+    };
+    let mut m = template.clone();
+    m.embed = ps[0].value.clone();
+    m.lm_head = ps[1].value.clone();
+    m.norm = vec1(&ps[2]);
+    for (l, layer) in m.layers.iter_mut().enumerate() {
+        let p = &ps[GLOBAL + PER_LAYER * l..GLOBAL + PER_LAYER * (l + 1)];
+        *layer = Layer {
+            attn: Attention {
+                qkv: p[0].value.clone(),
+                out: p[1].value.clone(),
+                q_norm: vec1(&p[2]),
+                k_norm: vec1(&p[3]),
+            },
+            post_attention_norm: vec1(&p[4]),
+            post_feedforward_norm: vec1(&p[5]),
+            router: layer.router.clone(),
+            router_bias: None,
+            experts: vec![Ffn { gate_up: p[6].value.clone(), down: p[7].value.clone() }],
+        };
+    }
+    m
+}
+
+/// Converts trained parameters back into transformers-layout tensors.
+fn tensors_of(config: &FlexOlmoConfig, ps: &[Param], routers: &TensorMap) -> Result<TensorMap, ModelError> {
+    let h = |p: &Param| to_host(p.value.clone().inner());
+    let ht = |p: &Param| to_host_transposed(p.value.clone().inner());
+    let flat = |p: &Param| {
+        let t = h(p);
+        HostTensor { shape: vec![t.data.len()], data: t.data }
+    };
+    let (nh, nkv, hd) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
+    let inter = config.intermediate_size;
+    let mut t = TensorMap::new();
+    t.insert(names::EMBED, h(&ps[0]));
+    t.insert(names::LM_HEAD, ht(&ps[1]));
+    t.insert(names::NORM, flat(&ps[2]));
+    for l in 0..config.num_hidden_layers {
+        let p = &ps[GLOBAL + PER_LAYER * l..GLOBAL + PER_LAYER * (l + 1)];
+        let qkv = ht(&p[0]);
+        t.insert(names::attn(l, "q_proj"), qkv.rows(0, nh * hd)?);
+        t.insert(names::attn(l, "k_proj"), qkv.rows(nh * hd, nkv * hd)?);
+        t.insert(names::attn(l, "v_proj"), qkv.rows((nh + nkv) * hd, nkv * hd)?);
+        t.insert(names::attn(l, "o_proj"), ht(&p[1]));
+        t.insert(names::q_norm(l), flat(&p[2]));
+        t.insert(names::k_norm(l), flat(&p[3]));
+        t.insert(names::post_attention_norm(l), flat(&p[4]));
+        t.insert(names::post_feedforward_norm(l), flat(&p[5]));
+        let gu = ht(&p[6]);
+        t.insert(names::expert(l, 0, "gate_proj"), gu.rows(0, inter)?);
+        t.insert(names::expert(l, 0, "up_proj"), gu.rows(inter, inter)?);
+        t.insert(names::expert(l, 0, "down_proj"), ht(&p[7]));
+        t.insert(names::router(l), routers.get(&names::router(l))?.clone());
+    }
+    Ok(t)
+}
+
+/// Progress of a pretraining run, saved beside its resumable checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Steps completed.
+    pub step: u64,
+    /// Steps planned.
+    pub total_steps: u64,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Last held-out loss measured, if any.
+    pub last_eval_loss: Option<f64>,
+}
+
+/// Where a resumable run keeps its state.
+pub const RESUME_DIR: &str = "resume";
+
+fn save_resume(dir: &Path, ckpt: &Checkpoint, ps: &[Param], state: &TrainerState, tokenizer: Option<&Path>) -> Result<(), ModelError> {
+    let rdir = dir.join(RESUME_DIR);
+    ckpt.save(&rdir, tokenizer)?;
+    let mut moments = TensorMap::new();
+    for (i, p) in ps.iter().enumerate() {
+        let (m, v) = p.moments();
+        moments.insert(format!("m.{i}"), to_host(m));
+        moments.insert(format!("v.{i}"), to_host(v));
+    }
+    moments.save(&rdir.join("optimizer.safetensors"))?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| ModelError::Argument(e.to_string()))?;
+    write_atomic(&rdir.join("trainer_state.json"), json.as_bytes())
+}
+
+/// Loads the state saved in `dir/resume`, if any.
+pub fn load_resume(dir: &Path) -> Result<Option<(Checkpoint, TensorMap, TrainerState)>, ModelError> {
+    let rdir = dir.join(RESUME_DIR);
+    let spath = rdir.join("trainer_state.json");
+    if !spath.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&spath).map_err(|e| ModelError::io(&spath, e))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| ModelError::Argument(format!("{}: {e}", spath.display())))?;
+    let ckpt = Checkpoint::load(&rdir)?;
+    let moments = TensorMap::load(&rdir.join("optimizer.safetensors"))?;
+    Ok(Some((ckpt, moments, state)))
+}
+
+/// Everything a pretraining run needs besides its data.
+pub struct PretrainRun<'a> {
+    /// Starting weights (fresh from [`init_anchor`] or loaded for resume).
+    pub start: Checkpoint,
+    /// Optimiser moments and state when resuming.
+    pub resume: Option<(TensorMap, TrainerState)>,
+    /// Training settings.
+    pub opts: TrainOptions,
+    /// Directory for resumable checkpoints (`dir/resume`), if any.
+    pub out_dir: Option<&'a Path>,
+    /// Save a resumable checkpoint every this many steps (0: never).
+    pub checkpoint_every: u64,
+    /// Directory whose tokenizer files the checkpoints carry.
+    pub tokenizer_dir: Option<&'a Path>,
+}
+
+/// Pretrains the anchor; returns the trained checkpoint (router rows still as
+/// they started) and the final held-out loss, if held-out text was given.
+pub fn pretrain(
+    run: PretrainRun<'_>,
+    train: &[u32],
+    heldout: Option<&[u32]>,
+    device: &Device,
+    progress: &mut dyn FnMut(&StepInfo),
+) -> Result<(Checkpoint, Option<f64>), ModelError> {
+    let opts = &run.opts;
+    let ad = device.clone().autodiff();
+    let config = run.start.config.clone();
+    let template = FlexOlmo::from_tensors(&config, &run.start.tensors, &ad)?;
+    let mut routers = TensorMap::new();
+    for l in 0..config.num_hidden_layers {
+        routers.insert(names::router(l), run.start.tensors.get(&names::router(l))?.clone());
+    }
+    let mut ps = params_of(&template, &ad);
+    let mut opt = AdamW::new(AdamWConfig { lr: opts.lr, weight_decay: opts.weight_decay, ..AdamWConfig::default() });
+    let mut first = 0;
+    let mut last_eval = None;
+    if let Some((moments, state)) = &run.resume {
+        for (i, p) in ps.iter_mut().enumerate() {
+            let m = moments.get(&format!("m.{i}"))?;
+            let v = moments.get(&format!("v.{i}"))?;
+            p.set_moments(crate::model::to_device(m, &ad), crate::model::to_device(v, &ad));
+        }
+        opt.t = state.step;
+        first = state.step;
+        last_eval = state.last_eval_loss;
+    }
+    let seq_len = opts.seq_len.min(config.max_position_embeddings);
+    for step in first..opts.steps {
+        let t0 = Instant::now();
+        let windows = sample_batch(train, seq_len, opts.batch_size, opts.seed, step)?;
+        let model = model_of(&template, &ps);
+        let (ce, _) = lm_loss(&model, &windows, opts.batch_size, false)?;
+        let loss = f64::from(ce.clone().into_scalar::<f32>());
+        if !loss.is_finite() {
+            return Err(ModelError::Diverged(format!("loss is {loss} at step {step}")));
+        }
+        let grads = ce.backward();
+        let lr = schedule(opts.lr, step, opts.warmup, opts.steps);
+        let grad_norm = opt.step(&mut ps, &grads, lr)?;
+        let done = step + 1;
+        let eval_loss = match heldout {
+            Some(h) if opts.eval_every > 0 && done % opts.eval_every == 0 => {
+                let l = heldout_loss(&model_of(&template, &ps), h, seq_len, opts.batch_size, opts.eval_tokens)?;
+                last_eval = Some(l);
+                Some(l)
+            }
+            _ => None,
+        };
+        if let Some(dir) = run.out_dir
+            && run.checkpoint_every > 0
+            && done % run.checkpoint_every == 0
+            && done < opts.steps
+        {
+            let ckpt = Checkpoint { config: config.clone(), tensors: tensors_of(&config, &ps, &routers)?, source_dir: None };
+            let state = TrainerState { step: done, total_steps: opts.steps, seed: opts.seed, last_eval_loss: last_eval };
+            save_resume(dir, &ckpt, &ps, &state, run.tokenizer_dir)?;
+        }
+        progress(&StepInfo {
+            step: done,
+            total: opts.steps,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s: (opts.batch_size * seq_len) as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            eval_loss,
+        });
+    }
+    let final_eval = match heldout {
+        Some(h) => Some(heldout_loss(&model_of(&template, &ps), h, seq_len, opts.batch_size, opts.eval_tokens)?),
+        None => last_eval,
+    };
+    let ckpt = Checkpoint { config: config.clone(), tensors: tensors_of(&config, &ps, &routers)?, source_dir: None };
+    Ok((ckpt, final_eval))
+}
+
+/// Sets every layer's router row to the anchor's mean router input over `public`
+/// tokens (the public router row `r_pub`).
+pub fn set_public_router(ckpt: &mut Checkpoint, public: &[u32], seq_len: usize, max_tokens: usize, device: &Device) -> Result<(), ModelError> {
+    let model = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, device)?;
+    let rows = mean_router_inputs(&model, public, seq_len, max_tokens)?;
+    for (l, r) in rows.into_iter().enumerate() {
+        let h = r.len();
+        ckpt.tensors.insert(names::router(l), HostTensor::new(vec![1, h], r)?);
+    }
+    Ok(())
+}

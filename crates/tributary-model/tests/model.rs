@@ -1,0 +1,267 @@
+//! Integration tests of the model library: merge and opt-out algebra, expert
+//! training invariants, checkpoint round trips, and agreement with transformers
+//! on committed reference fixtures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use tributary_model::eval::{evaluate, next_token_logprobs};
+use tributary_model::expert_train::train_expert;
+use tributary_model::merge::{merge, select_experts, soup};
+use tributary_model::model::Trace;
+use tributary_model::names;
+use tributary_model::objective::TrainOptions;
+use tributary_model::pretrain::{PretrainRun, init_anchor, load_resume, pretrain, set_public_router};
+use tributary_model::{Checkpoint, ExpertPackage, FlexOlmo, FlexOlmoConfig};
+
+fn tiny_config() -> FlexOlmoConfig {
+    FlexOlmoConfig::new(64, 32, 48, 2, 4, 1, 1, 64)
+}
+
+fn device() -> Device {
+    Device::flex()
+}
+
+/// A deterministic pseudo-text: a repeated pattern with some noise, over a 64-token vocabulary.
+fn stream(len: usize, seed: u32) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            if x % 4 == 0 { x % 64 } else { ((i as u32 * 7 + seed) % 13) + 3 * (seed % 5) }
+        })
+        .collect()
+}
+
+fn anchor_with_router() -> (Checkpoint, String) {
+    let mut anchor = init_anchor(&tiny_config(), 7).unwrap();
+    set_public_router(&mut anchor, &stream(512, 1), 32, 512, &device()).unwrap();
+    let digest = anchor.digest().unwrap();
+    (anchor, digest)
+}
+
+fn quick_opts(steps: u64) -> TrainOptions {
+    TrainOptions { steps, batch_size: 4, seq_len: 32, lr: 5e-3, warmup: 2, eval_tokens: 256, ..TrainOptions::default() }
+}
+
+fn train(anchor: &Checkpoint, digest: &str, seed: u32, steps: u64) -> ExpertPackage {
+    let data = stream(2_000, seed);
+    let held = stream(300, seed + 100);
+    train_expert(anchor, digest, &data, Some(&held), &quick_opts(steps), &device(), &mut |_| {}).unwrap()
+}
+
+fn logits(ckpt: &Checkpoint, tokens: &[u32]) -> Vec<f32> {
+    let m = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, &device()).unwrap();
+    m.logits(tokens, 1, &mut Trace::default()).unwrap().into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn training_changes_only_the_expert_and_is_deterministic() {
+    let (anchor, digest) = anchor_with_router();
+    let e1 = train(&anchor, &digest, 3, 12);
+    let e1_again = train(&anchor, &digest, 3, 12);
+    assert_eq!(e1.digest(), e1_again.digest(), "same seed and data must give the same expert");
+
+    // The package holds exactly the expert tensors.
+    let expected: Vec<String> = tributary_model::expert::expected_expert_shapes(&anchor.config).into_iter().map(|(n, _)| n).collect();
+    let got: Vec<String> = e1.tensors.0.keys().cloned().collect();
+    assert_eq!(got, expected);
+
+    // The trained FFN moved away from the public one.
+    let public = anchor.tensors.get(&names::expert(0, 0, "gate_proj")).unwrap();
+    let own = e1.tensors.get(&names::package_ffn(0, "gate_proj")).unwrap();
+    assert!(max_abs_diff(&public.data, &own.data) > 1e-4);
+
+    // Every shared tensor of a merged model is the anchor's, bit for bit.
+    let merged = merge(&anchor, &digest, std::slice::from_ref(&e1), 2).unwrap();
+    for (name, t) in &anchor.tensors.0 {
+        if names::is_shared(name) || name.contains(".experts.0.") {
+            assert_eq!(merged.tensors.get(name).unwrap(), t, "{name} differs from the anchor");
+        }
+    }
+    // Held-out loss went down on this (learnable) stream.
+    let m = &e1.manifest.training;
+    assert!(m.heldout_loss.unwrap() < m.anchor_heldout_loss.unwrap(), "{m:?}");
+}
+
+#[test]
+fn removing_every_expert_gives_back_the_anchor_exactly() {
+    let (anchor, digest) = anchor_with_router();
+    let experts = vec![train(&anchor, &digest, 1, 4), train(&anchor, &digest, 2, 4)];
+    let merged = merge(&anchor, &digest, &experts, 2).unwrap();
+    assert_eq!(merged.config.num_experts, 3);
+    let back = select_experts(&merged, &[0], 1).unwrap();
+    assert_eq!(back.tensors, anchor.tensors);
+    let toks = stream(40, 9);
+    assert_eq!(logits(&back, &toks), logits(&anchor, &toks));
+
+    // Opting out of expert 1 equals merging expert 2 alone.
+    let without_first = select_experts(&merged, &[0, 2], 2).unwrap();
+    let only_second = merge(&anchor, &digest, &experts[1..], 2).unwrap();
+    assert_eq!(without_first.tensors, only_second.tensors);
+}
+
+#[test]
+fn merge_rejects_foreign_and_duplicate_experts() {
+    let (anchor, digest) = anchor_with_router();
+    let e = train(&anchor, &digest, 1, 2);
+    assert!(merge(&anchor, "0".repeat(64).as_str(), std::slice::from_ref(&e), 2).is_err());
+    assert!(merge(&anchor, &digest, &[e.clone(), e.clone()], 2).is_err());
+    let merged = merge(&anchor, &digest, std::slice::from_ref(&e), 2).unwrap();
+    assert!(merge(&merged, &digest, std::slice::from_ref(&e), 2).is_err(), "a merged model is not an anchor");
+    assert!(select_experts(&merged, &[0, 5], 2).is_err());
+    assert!(select_experts(&merged, &[1, 1], 2).is_err());
+    assert!(select_experts(&merged, &[], 2).is_err());
+}
+
+#[test]
+fn identical_experts_with_all_active_reproduce_the_anchor() {
+    // With every expert a copy of the public FFN and all experts active, the
+    // un-renormalised probabilities still sum to one: the output is the anchor's.
+    let (anchor, digest) = anchor_with_router();
+    let mut e = train(&anchor, &digest, 1, 1);
+    for l in 0..anchor.config.num_hidden_layers {
+        for p in names::FFN_PROJS {
+            let public = anchor.tensors.get(&names::expert(l, 0, p)).unwrap().clone();
+            e.tensors.insert(names::package_ffn(l, p), public);
+        }
+    }
+    let e = ExpertPackage::new(&anchor.config, digest.clone(), e.tensors, e.manifest.training).unwrap();
+    let merged = merge(&anchor, &digest, &[e], 2).unwrap();
+    let toks = stream(50, 4);
+    let d = max_abs_diff(&logits(&merged, &toks), &logits(&anchor, &toks));
+    assert!(d < 1e-4, "max difference {d}");
+    // With top-1 of 2 the output differs (the weight is no longer 1).
+    let top1 = select_experts(&merged, &[0, 1], 1).unwrap();
+    assert!(max_abs_diff(&logits(&top1, &toks), &logits(&anchor, &toks)) > 1e-4);
+}
+
+#[test]
+fn checkpoints_and_packages_round_trip_and_detect_tampering() {
+    let (anchor, digest) = anchor_with_router();
+    let e = train(&anchor, &digest, 1, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let edir = dir.path().join("expert");
+    e.save(&edir).unwrap();
+    let back = ExpertPackage::load(&edir).unwrap();
+    assert_eq!(back.tensors, e.tensors);
+    assert_eq!(back.manifest, e.manifest);
+
+    // Flip one byte of the payload: the digest check must catch it.
+    let payload = edir.join("expert.safetensors");
+    let mut bytes = std::fs::read(&payload).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&payload, &bytes).unwrap();
+    let err = ExpertPackage::load(&edir).unwrap_err().to_string();
+    assert!(err.contains("sha256"), "{err}");
+
+    // A merged checkpoint loads back identically (tokenizer copying is skipped: no source dir).
+    let merged = merge(&anchor, &digest, &[e], 2).unwrap();
+    let mdir = dir.path().join("merged");
+    merged.save(&mdir, None).unwrap();
+    let loaded = Checkpoint::load(&mdir).unwrap();
+    assert_eq!(loaded.tensors, merged.tensors);
+    assert_eq!(loaded.config, merged.config);
+}
+
+#[test]
+fn soup_of_no_change_is_the_anchor() {
+    let (anchor, digest) = anchor_with_router();
+    let mut e = train(&anchor, &digest, 1, 1);
+    for l in 0..anchor.config.num_hidden_layers {
+        for p in names::FFN_PROJS {
+            e.tensors.insert(names::package_ffn(l, p), anchor.tensors.get(&names::expert(l, 0, p)).unwrap().clone());
+        }
+    }
+    let e = ExpertPackage::new(&anchor.config, digest.clone(), e.tensors, e.manifest.training).unwrap();
+    let s = soup(&anchor, &digest, &[e]).unwrap();
+    for (name, t) in &anchor.tensors.0 {
+        let d = max_abs_diff(&s.tensors.get(name).unwrap().data, &t.data);
+        assert!(d < 1e-6, "{name}: {d}");
+    }
+}
+
+#[test]
+fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
+    let config = tiny_config();
+    let data = stream(3_000, 2);
+    let held = stream(400, 50);
+    let opts = TrainOptions { steps: 8, batch_size: 4, seq_len: 32, lr: 1e-2, warmup: 2, eval_tokens: 400, ..TrainOptions::default() };
+    let start = init_anchor(&config, 1).unwrap();
+    let before = {
+        let m = FlexOlmo::from_tensors(&config, &start.tensors, &device()).unwrap();
+        evaluate(&m, &held, 32, 4, &mut |_, _| {}).unwrap().nll
+    };
+    let run = |start: Checkpoint, resume, dir: Option<&std::path::Path>| {
+        let r = PretrainRun { start, resume, opts: opts.clone(), out_dir: dir, checkpoint_every: 4, tokenizer_dir: None };
+        pretrain(r, &data, Some(&held), &device(), &mut |_| {}).unwrap()
+    };
+    let (full, loss) = run(start.clone(), None, None);
+    assert!(loss.unwrap() < before, "held-out loss {loss:?} did not drop below {before}");
+
+    // A run that saves its state at step 4; resuming from that state must end
+    // exactly where the uninterrupted run ended.
+    let dir = tempfile::tempdir().unwrap();
+    let r = PretrainRun { start: start.clone(), resume: None, opts: opts.clone(), out_dir: Some(dir.path()), checkpoint_every: 4, tokenizer_dir: None };
+    let mut seen = 0;
+    pretrain(r, &data, Some(&held), &device(), &mut |s| seen = s.step).unwrap();
+    assert_eq!(seen, 8);
+    let (ckpt, moments, state) = load_resume(dir.path()).unwrap().expect("a resumable checkpoint at step 4");
+    assert_eq!(state.step, 4);
+    let (resumed, _) = run(ckpt, Some((moments, state)), None);
+    for (name, t) in &full.tensors.0 {
+        let d = max_abs_diff(&resumed.tensors.get(name).unwrap().data, &t.data);
+        assert!(d < 1e-5, "{name} differs after resume by {d}");
+    }
+}
+
+fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn logprobs_agree_with_transformers_on_reference_fixtures() {
+    for name in ["tiny-moe", "tiny-dense"] {
+        let dir = fixture_dir(name);
+        let ckpt = Checkpoint::load(&dir).unwrap();
+        let model = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, &device()).unwrap();
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let cases = expected["sequences"].as_array().expect("sequences");
+        assert!(!cases.is_empty());
+        for case in cases {
+            let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let want: Vec<f64> = case["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let got = next_token_logprobs(&model, &ids, 1, &mut Trace::default()).unwrap();
+            assert_eq!(got.len(), want.len());
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(worst < 2e-4, "{name}: per-token log-prob differs by {worst}");
+            let nll_got = -got.iter().sum::<f64>() / got.len() as f64;
+            let nll_want = -want.iter().sum::<f64>() / want.len() as f64;
+            let rel = (nll_got.exp() / nll_want.exp() - 1.0).abs();
+            assert!(rel < 1e-3, "{name}: perplexity differs by {rel} relative");
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let (anchor, _) = anchor_with_router();
+    let m = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device()).unwrap();
+    assert!(m.logits(&[1, 2, 999], 1, &mut Trace::default()).is_err(), "token outside the vocabulary");
+    assert!(m.logits(&[1, 2, 3], 2, &mut Trace::default()).is_err(), "rows of unequal length");
+    assert!(m.logits(&vec![1; 65], 1, &mut Trace::default()).is_err(), "longer than the context");
+    assert!(evaluate(&m, &[1], 32, 4, &mut |_, _| {}).is_err(), "nothing to score");
+    let mut broken = anchor.tensors.clone();
+    broken.0.remove(names::NORM);
+    assert!(FlexOlmo::from_tensors(&anchor.config, &broken, &device()).is_err());
+}
