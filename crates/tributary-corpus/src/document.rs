@@ -231,50 +231,38 @@ mod tests {
         assert_eq!(docs[1].text, "second");
     }
 
+    /// The error of reading a file `name` holding `content`, and its message.
+    fn error_of(name: &str, content: &[u8]) -> (CorpusError, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), name, content);
+        let error = read_documents(&[&path]).unwrap_err();
+        let message = error.to_string();
+        (error, message)
+    }
+
     #[test]
     fn jsonl_without_text_names_file_and_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write(
-            dir.path(),
-            "d.jsonl",
-            b"{\"text\": \"ok\"}\n{\"body\": \"no\"}\n",
-        );
-        let error = read_documents(&[&path]).unwrap_err();
+        let (error, message) = error_of("d.jsonl", b"{\"text\": \"ok\"}\n{\"body\": \"no\"}\n");
         assert!(matches!(error, CorpusError::MissingText { line: 2, .. }));
-        assert!(error.to_string().contains("d.jsonl:2"), "{error}");
+        assert!(message.contains("d.jsonl:2"), "{message}");
     }
 
     #[test]
     fn jsonl_with_bad_json_or_id_is_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let bad = write(
-            dir.path(),
-            "bad.jsonl",
-            b"{\"text\": \"ok\"}\n{\"text\": \n",
-        );
-        assert!(matches!(
-            read_documents(&[&bad]).unwrap_err(),
-            CorpusError::Json { line: 2, .. }
-        ));
-        let array = write(dir.path(), "array.jsonl", b"[1, 2]\n");
-        assert!(matches!(
-            read_documents(&[&array]).unwrap_err(),
-            CorpusError::Json { line: 1, .. }
-        ));
-        let id = write(dir.path(), "id.jsonl", b"{\"text\": \"t\", \"id\": 7}\n");
-        assert!(matches!(
-            read_documents(&[&id]).unwrap_err(),
-            CorpusError::BadId { line: 1, .. }
-        ));
+        let (error, message) = error_of("bad.jsonl", b"{\"text\": \"ok\"}\n{\"text\": \n");
+        assert!(matches!(error, CorpusError::Json { line: 2, .. }));
+        assert!(message.contains("bad.jsonl:2"), "{message}");
+        let (error, _) = error_of("array.jsonl", b"[1, 2]\n");
+        assert!(matches!(error, CorpusError::Json { line: 1, .. }));
+        let (error, _) = error_of("id.jsonl", b"{\"text\": \"t\", \"id\": 7}\n");
+        assert!(matches!(error, CorpusError::BadId { line: 1, .. }));
     }
 
     #[test]
     fn non_utf8_is_rejected_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "latin1.txt", b"caf\xe9\n");
-        let error = read_documents(&[&path]).unwrap_err();
+        let (error, message) = error_of("latin1.txt", b"caf\xe9\n");
         assert!(matches!(error, CorpusError::NotUtf8 { valid_up_to: 3, .. }));
-        assert!(error.to_string().contains("latin1.txt"), "{error}");
+        assert!(message.contains("latin1.txt"), "{message}");
     }
 
     #[test]
@@ -295,13 +283,9 @@ mod tests {
 
     #[test]
     fn explicit_unsupported_file_and_missing_path_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let md = write(dir.path(), "notes.md", b"x");
-        assert!(matches!(
-            read_documents(&[&md]).unwrap_err(),
-            CorpusError::Unsupported { .. }
-        ));
-        let missing = dir.path().join("missing.txt");
+        let (error, _) = error_of("notes.md", b"x");
+        assert!(matches!(error, CorpusError::Unsupported { .. }));
+        let missing = tempfile::tempdir().unwrap().path().join("missing.txt");
         assert!(matches!(
             read_documents(&[&missing]).unwrap_err(),
             CorpusError::Io { .. }

@@ -39,28 +39,23 @@ fn committed_tokenizer() -> TextTokenizer {
 
 #[test]
 fn slices_have_the_documented_sizes() {
-    for name in DOMAINS {
+    let domain = ((200 * KB, 400 * KB), (40 * KB, 60 * KB));
+    let public = ((1000 * KB, 2000 * KB), (80 * KB, 120 * KB));
+    let expected = DOMAINS.iter().map(|name| (*name, domain));
+    for (name, ((train_min, train_max), (heldout_min, heldout_max))) in
+        expected.chain([("public", public)])
+    {
         let train = bytes(&slice(name, "train"));
         let heldout = bytes(&slice(name, "heldout"));
         assert!(
-            (200 * KB..=400 * KB).contains(&train),
+            (train_min..=train_max).contains(&train),
             "{name} train {train}"
         );
         assert!(
-            (40 * KB..=60 * KB).contains(&heldout),
+            (heldout_min..=heldout_max).contains(&heldout),
             "{name} held-out {heldout}"
         );
     }
-    let train = bytes(&slice("public", "train"));
-    let heldout = bytes(&slice("public", "heldout"));
-    assert!(
-        (1000 * KB..=2000 * KB).contains(&train),
-        "public train {train}"
-    );
-    assert!(
-        (80 * KB..=120 * KB).contains(&heldout),
-        "public held-out {heldout}"
-    );
 }
 
 #[test]
