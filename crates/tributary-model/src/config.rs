@@ -102,7 +102,7 @@ impl FlexOlmoConfig {
         extra.insert("attention_dropout".into(), Value::from(0.0));
         extra.insert("initializer_range".into(), Value::from(0.02));
         extra.insert("use_cache".into(), Value::from(true));
-        Self {
+        let mut config = Self {
             model_type: default_model_type(),
             vocab_size,
             hidden_size,
@@ -123,7 +123,18 @@ impl FlexOlmoConfig {
             eos_token_id: None,
             pad_token_id: None,
             extra,
-        }
+        };
+        config.set_rope_theta(10_000.0);
+        config
+    }
+
+    /// Sets the RoPE base (`rope_theta` and `rope_parameters.rope_theta`).
+    pub fn set_rope_theta(&mut self, theta: f64) {
+        self.rope_theta = theta;
+        let mut params = Map::new();
+        params.insert("rope_theta".into(), Value::from(theta));
+        params.insert("rope_type".into(), Value::from("default"));
+        self.extra.insert("rope_parameters".into(), Value::Object(params));
     }
 
     /// Number of key/value heads, defaulting to the number of query heads.
@@ -202,9 +213,18 @@ impl FlexOlmoConfig {
     }
 
     /// Pretty JSON for `config.json`.
+    ///
+    /// `rope_parameters` (the transformers 5 spelling) is written too, with the
+    /// same base as `rope_theta`, so both generations of transformers agree.
     pub fn to_json(&self) -> String {
+        let mut c = self.clone();
+        let params = c.extra.entry("rope_parameters").or_insert_with(|| Value::Object(Map::new()));
+        if let Some(p) = params.as_object_mut() {
+            p.insert("rope_theta".into(), Value::from(self.rope_theta));
+            p.entry("rope_type").or_insert_with(|| Value::from("default"));
+        }
         // Serialising a struct of plain fields and a JSON map cannot fail.
-        serde_json::to_string_pretty(self).unwrap_or_default()
+        serde_json::to_string_pretty(&c).unwrap_or_default()
     }
 }
 
@@ -219,6 +239,16 @@ mod tests {
         let back = FlexOlmoConfig::from_json(&c.to_json()).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.extra["something_new"], Value::from(7));
+    }
+
+    #[test]
+    fn reads_the_rope_base_from_rope_parameters() {
+        let mut c = FlexOlmoConfig::new(256, 64, 96, 2, 4, 4, 2, 128);
+        c.set_rope_theta(1234.0);
+        let mut v: Value = serde_json::from_str(&c.to_json()).unwrap();
+        v.as_object_mut().unwrap().remove("rope_theta");
+        let back = FlexOlmoConfig::from_json(&v.to_string()).unwrap();
+        assert_eq!(back.rope_theta, 1234.0);
     }
 
     #[test]

@@ -239,7 +239,7 @@ fn logprobs_agree_with_transformers_on_reference_fixtures() {
         let cases = expected["sequences"].as_array().expect("sequences");
         assert!(!cases.is_empty());
         for case in cases {
-            let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let ids: Vec<u32> = case["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             let want: Vec<f64> = case["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             let got = next_token_logprobs(&model, &ids, 1, &mut Trace::default()).unwrap();
             assert_eq!(got.len(), want.len());
