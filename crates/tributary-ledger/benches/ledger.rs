@@ -1,0 +1,2 @@
+//! Ledger benchmark (filled in later).
+fn main() {}

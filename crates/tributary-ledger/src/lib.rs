@@ -1,0 +1,30 @@
+//! The Tributary consent ledger, as a library with no I/O.
+//!
+//! An append-only RFC 6962 / RFC 9162 Merkle log of signed, typed consent
+//! events, with C2SP signed checkpoints and tiles, and the pure replay function
+//! an auditor runs to check the invariants of the design.
+//!
+//! Modules:
+//! - [`hash`]: leaf and node hashing, the [`Hash`] type.
+//! - [`node`]: addresses of complete subtrees.
+//! - [`store`]: the storage trait ([`HashStore`]) and the rows an append writes.
+//! - [`memory_store`]: an in-memory tree.
+//! - [`compact`]: streaming tree heads in O(log n) memory.
+//! - [`proof`]: tree heads, inclusion and consistency proofs from storage.
+//! - [`verify`]: RFC 9162 proof verification.
+
+pub mod compact;
+pub mod hash;
+pub mod memory_store;
+pub mod node;
+pub mod proof;
+pub mod store;
+pub mod verify;
+
+pub use compact::CompactRange;
+pub use hash::{Hash, HashLengthError, leaf_hash, node_hash};
+pub use memory_store::MemoryStore;
+pub use node::NodeId;
+pub use proof::{ProofError, consistency_proof, inclusion_proof, root_hash};
+pub use store::{HashStore, StoreError, hashes_to_append};
+pub use verify::{VerifyError, root_from_inclusion_proof, verify_consistency, verify_inclusion};

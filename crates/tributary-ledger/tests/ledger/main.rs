@@ -1,0 +1,9 @@
+//! The integration tests of `tributary-ledger`, as one test binary.
+//!
+//! - `merkle_vectors`: published RFC 6962 / transparency-dev reference values.
+//! - `merkle_properties`: property tests of proof generation and verification.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod merkle_properties;
+mod merkle_vectors;
