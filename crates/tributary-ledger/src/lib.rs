@@ -12,9 +12,19 @@
 //! - [`compact`]: streaming tree heads in O(log n) memory.
 //! - [`proof`]: tree heads, inclusion and consistency proofs from storage.
 //! - [`verify`]: RFC 9162 proof verification.
+//! - [`ids`]: identifier, digest, number and time newtypes.
+//! - [`canonical`]: canonical (RFC 8785) JSON bytes.
+//! - [`keys`]: Ed25519 public keys and signatures.
+//! - [`event`]: the typed events and who signs them.
+//! - [`entry`]: log entries, their signatures and their bytes.
 
+pub mod canonical;
 pub mod compact;
+pub mod entry;
+pub mod event;
 pub mod hash;
+pub mod ids;
+pub mod keys;
 pub mod memory_store;
 pub mod node;
 pub mod proof;
@@ -22,7 +32,14 @@ pub mod store;
 pub mod verify;
 
 pub use compact::CompactRange;
+pub use entry::{Entry, EntryError, SignatureRole, SignedEvent};
+pub use event::{Actor, Event};
 pub use hash::{Hash, HashLengthError, leaf_hash, node_hash};
+pub use ids::{
+    ConsentId, ContributorId, ExpertDigest, LedgerIndex, Purpose, ReasonCode, Sha256Digest,
+    SubmissionId, Timestamp, VersionNumber,
+};
+pub use keys::{KeyError, PublicKey, Signature};
 pub use memory_store::MemoryStore;
 pub use node::NodeId;
 pub use proof::{ProofError, consistency_proof, inclusion_proof, root_hash};
