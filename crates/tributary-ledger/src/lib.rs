@@ -17,8 +17,11 @@
 //! - [`keys`]: Ed25519 public keys and signatures.
 //! - [`event`]: the typed events and who signs them.
 //! - [`entry`]: log entries, their signatures and their bytes.
+//! - [`note`]: C2SP signed notes with Ed25519.
+//! - [`checkpoint`]: C2SP tlog checkpoints.
 
 pub mod canonical;
+pub mod checkpoint;
 pub mod compact;
 pub mod entry;
 pub mod event;
@@ -27,10 +30,12 @@ pub mod ids;
 pub mod keys;
 pub mod memory_store;
 pub mod node;
+pub mod note;
 pub mod proof;
 pub mod store;
 pub mod verify;
 
+pub use checkpoint::{Checkpoint, CheckpointError};
 pub use compact::CompactRange;
 pub use entry::{Entry, EntryError, SignatureRole, SignedEvent};
 pub use event::{Actor, Event};
@@ -42,6 +47,7 @@ pub use ids::{
 pub use keys::{KeyError, PublicKey, Signature};
 pub use memory_store::MemoryStore;
 pub use node::NodeId;
+pub use note::{NoteError, NoteSigner, NoteVerifier, OpenedNote, open_note, sign_note};
 pub use proof::{ProofError, consistency_proof, inclusion_proof, root_hash};
 pub use store::{HashStore, StoreError, hashes_to_append};
 pub use verify::{VerifyError, root_from_inclusion_proof, verify_consistency, verify_inclusion};

@@ -2,8 +2,10 @@
 //!
 //! - `merkle_vectors`: published RFC 6962 / transparency-dev reference values.
 //! - `merkle_properties`: property tests of proof generation and verification.
+//! - `note_vectors`: C2SP signed notes and checkpoints, Go reference vectors.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod merkle_properties;
 mod merkle_vectors;
+mod note_vectors;
