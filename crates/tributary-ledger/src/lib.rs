@@ -19,6 +19,11 @@
 //! - [`entry`]: log entries, their signatures and their bytes.
 //! - [`note`]: C2SP signed notes with Ed25519.
 //! - [`checkpoint`]: C2SP tlog checkpoints.
+//! - [`violation`]: the rules replay checks and what it reports.
+//! - [`state`]: the state derived from the log.
+//! - `rules`: the consent rules applied entry by entry (private).
+//! - [`replay`]: the pure replay and audit function.
+//! - [`query`]: answers about versions, experts and withdrawals.
 
 pub mod canonical;
 pub mod checkpoint;
@@ -32,8 +37,13 @@ pub mod memory_store;
 pub mod node;
 pub mod note;
 pub mod proof;
+pub mod query;
+pub mod replay;
+mod rules;
+pub mod state;
 pub mod store;
 pub mod verify;
+pub mod violation;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use compact::CompactRange;
@@ -49,5 +59,9 @@ pub use memory_store::MemoryStore;
 pub use node::NodeId;
 pub use note::{NoteError, NoteSigner, NoteVerifier, OpenedNote, open_note, sign_note};
 pub use proof::{ProofError, consistency_proof, inclusion_proof, root_hash};
+pub use query::{ListedExpert, VersionContents, WithdrawalStatus};
+pub use replay::{Replay, ReplayOptions, replay};
+pub use state::LedgerState;
 pub use store::{HashStore, StoreError, hashes_to_append};
 pub use verify::{VerifyError, root_from_inclusion_proof, verify_consistency, verify_inclusion};
+pub use violation::{Rule, Violation};
