@@ -19,6 +19,7 @@
 //! - [`entry`]: log entries, their signatures and their bytes.
 //! - [`note`]: C2SP signed notes with Ed25519.
 //! - [`checkpoint`]: C2SP tlog checkpoints.
+//! - [`tiles`]: the C2SP tlog-tiles layout.
 //! - [`violation`]: the rules replay checks and what it reports.
 //! - [`state`]: the state derived from the log.
 //! - `rules`: the consent rules applied entry by entry (private).
@@ -42,6 +43,7 @@ pub mod replay;
 mod rules;
 pub mod state;
 pub mod store;
+pub mod tiles;
 pub mod verify;
 pub mod violation;
 
