@@ -23,6 +23,7 @@
 //! - [`violation`]: the rules replay checks and what it reports.
 //! - [`state`]: the state derived from the log.
 //! - `rules`: the consent rules applied entry by entry (private).
+//! - `withdrawal`: consent endings and the coordinator's duties (private).
 //! - [`replay`]: the pure replay and audit function.
 //! - [`query`]: answers about versions, experts and withdrawals.
 
@@ -46,6 +47,7 @@ pub mod store;
 pub mod tiles;
 pub mod verify;
 pub mod violation;
+mod withdrawal;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use compact::CompactRange;

@@ -1,84 +1,42 @@
 //! The consent rules (invariants 3–6 and the referential part of rule 0),
-//! applied one authenticated entry at a time to the derived state.
-//!
-//! Withdrawals and expiries create *duties* for the coordinator: replace every
-//! current version that lists the consent with a version without it, and erase
-//! the expert's weights. DESIGN.md requires both in the same transaction as the
-//! withdrawal, and appends are serialised, so the duties must be discharged by
-//! the run of coordinator entries that directly follows; the next contributor
-//! entry, or the end of the log, is the deadline. An undischarged duty is
-//! reported at the index of the withdrawal that created it.
+//! applied one authenticated entry at a time to the derived state:
+//! registrations, consents, uploads, decisions and versions. Consent endings
+//! and the duties they create live in [`crate::withdrawal`].
+
+use std::collections::HashMap;
 
 use crate::entry::Entry;
 use crate::event::{
-    ConsentExpired, ConsentGranted, ConsentWithdrawn, Event, ExpertAccepted, ExpertErased,
-    ExpertRejected, ExpertSubmitted, ModelVersionPublished,
+    ConsentGranted, Event, ExpertAccepted, ExpertRejected, ExpertSubmitted, ModelVersionPublished,
 };
 use crate::ids::{ConsentId, ExpertDigest, LedgerIndex, Timestamp, VersionNumber};
 use crate::state::{
     ConsentEnd, ConsentRecord, ConsentStatus, ContributorRecord, ExpertRecord, LedgerState,
-    Revocation, SubmissionOutcome, SubmissionRecord, VersionRecord,
+    SubmissionOutcome, SubmissionRecord, VersionRecord,
 };
 use crate::violation::{Rule, Violation};
+use crate::withdrawal::{Duty, DutyKind};
 
-/// Something the coordinator owes after a consent ended.
-#[derive(Clone, Debug)]
-struct Duty {
-    /// The withdrawal or expiry that created it.
-    origin: LedgerIndex,
-    consent: ConsentId,
-    expert: ExpertDigest,
-    what: DutyKind,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum DutyKind {
-    /// Publish a version with this parent that does not list the consent.
-    Replace(VersionNumber),
-    /// Record `ExpertErased` for the expert.
-    Erase,
-}
-
-/// The rule engine: derived state, violations found so far, open duties.
+/// The rule engine: derived state, violations found so far, open duties, and
+/// indexes that keep every step O(affected records) rather than O(log).
 #[derive(Default)]
 pub(crate) struct Rules {
     pub(crate) state: LedgerState,
     pub(crate) violations: Vec<Violation>,
-    duties: Vec<Duty>,
+    pub(crate) duties: Vec<Duty>,
+    /// Consents by the expert they cover.
+    pub(crate) consents_by_expert: HashMap<ExpertDigest, Vec<ConsentId>>,
+    /// Versions by the consents they list.
+    pub(crate) versions_by_consent: HashMap<ConsentId, Vec<VersionNumber>>,
 }
 
 impl Rules {
-    fn flag(&mut self, index: LedgerIndex, rule: Rule, reason: String) {
+    pub(crate) fn flag(&mut self, index: LedgerIndex, rule: Rule, reason: String) {
         self.violations.push(Violation {
             index,
             rule,
             reason,
         });
-    }
-
-    /// Closes the coordinator's run: every open duty is now overdue.
-    pub(crate) fn close_run(&mut self, deadline: &str) {
-        for duty in std::mem::take(&mut self.duties) {
-            let (rule, reason) = match duty.what {
-                DutyKind::Replace(head) => (
-                    Rule::WithdrawalHonoured,
-                    format!(
-                        "consent {} (expert {}) ended here, but version {head}, which lists it, \
-                         was not replaced by a version without it before {deadline}",
-                        duty.consent, duty.expert
-                    ),
-                ),
-                DutyKind::Erase => (
-                    Rule::ErasureRecorded,
-                    format!(
-                        "consent {} ended here, but the weights of expert {} were not erased \
-                         before {deadline}",
-                        duty.consent, duty.expert
-                    ),
-                ),
-            };
-            self.flag(duty.origin, rule, reason);
-        }
     }
 
     /// Applies one authenticated entry.
@@ -144,6 +102,10 @@ impl Rules {
             status: ConsentStatus::Active,
         };
         self.state.consents.insert(e.consent.clone(), record);
+        self.consents_by_expert
+            .entry(e.expert)
+            .or_default()
+            .push(e.consent.clone());
     }
 
     fn expert_submitted(&mut self, index: LedgerIndex, e: &ExpertSubmitted) {
@@ -184,10 +146,15 @@ impl Rules {
     /// Why no consent of `owner` covers `expert` at `at`, or `None` if one does.
     fn missing_consent(&self, expert: &ExpertDigest, owner: &str, at: Timestamp) -> Option<String> {
         let mut reasons = Vec::new();
-        for (id, consent) in &self.state.consents {
-            if &consent.expert != expert {
-                continue;
-            }
+        let ids = self
+            .consents_by_expert
+            .get(expert)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (id, consent) in ids
+            .iter()
+            .filter_map(|id| Some((id, self.state.consents.get(id)?)))
+        {
             if consent.contributor.as_str() != owner {
                 reasons.push(format!(
                     "consent {id} was granted by {}, not {owner}",
@@ -316,6 +283,12 @@ impl Rules {
             superseded_by: None,
             revocations: Vec::new(),
         };
+        for listed in &e.experts {
+            self.versions_by_consent
+                .entry(listed.consent.clone())
+                .or_default()
+                .push(e.version);
+        }
         self.state.versions.insert(e.version, record);
     }
 
@@ -392,123 +365,6 @@ impl Rules {
             return Some((Rule::VersionContents, why));
         }
         None
-    }
-
-    fn consent_withdrawn(&mut self, index: LedgerIndex, at: Timestamp, e: &ConsentWithdrawn) {
-        let Some(consent) = self.state.consents.get(&e.consent) else {
-            self.flag(
-                index,
-                Rule::WellFormed,
-                format!("withdraws unknown consent {}", e.consent),
-            );
-            return;
-        };
-        if consent.contributor != e.contributor {
-            let reason = format!(
-                "{} withdraws consent {}, which belongs to {}",
-                e.contributor, e.consent, consent.contributor
-            );
-            self.flag(index, Rule::Signatures, reason);
-            return;
-        }
-        self.end_consent(index, at, &e.consent, ConsentEnd::Withdrawn);
-    }
-
-    fn consent_expired(&mut self, index: LedgerIndex, at: Timestamp, e: &ConsentExpired) {
-        let Some(consent) = self.state.consents.get(&e.consent) else {
-            self.flag(
-                index,
-                Rule::WellFormed,
-                format!("expires unknown consent {}", e.consent),
-            );
-            return;
-        };
-        if consent.expires_at.is_none_or(|expiry| at < expiry) {
-            let reason = format!(
-                "consent {} is recorded as expired before its expiry time",
-                e.consent
-            );
-            self.flag(index, Rule::WellFormed, reason);
-        }
-        self.end_consent(index, at, &e.consent, ConsentEnd::Expired);
-    }
-
-    /// Ends a consent: revokes the versions that list it and opens the coordinator's duties.
-    fn end_consent(&mut self, index: LedgerIndex, at: Timestamp, id: &ConsentId, how: ConsentEnd) {
-        let Some(consent) = self.state.consents.get_mut(id) else {
-            return;
-        };
-        if consent.status != ConsentStatus::Active {
-            self.flag(
-                index,
-                Rule::WellFormed,
-                format!("consent {id} had already ended"),
-            );
-            return;
-        }
-        consent.status = ConsentStatus::Ended { how, index, at };
-        let expert = consent.expert;
-        let owner = consent.contributor.clone();
-        for (number, version) in self.state.versions.iter_mut() {
-            if !version.lists_consent(id) {
-                continue;
-            }
-            version.revocations.push(Revocation {
-                index,
-                consent: id.clone(),
-                expert,
-            });
-            if version.superseded_by.is_none() {
-                self.duties.push(Duty {
-                    origin: index,
-                    consent: id.clone(),
-                    expert,
-                    what: DutyKind::Replace(*number),
-                });
-            }
-        }
-        let still_consented = self
-            .state
-            .consents
-            .values()
-            .any(|c| c.expert == expert && c.contributor == owner && c.is_active_at(at));
-        let stored = self
-            .state
-            .experts
-            .get(&expert)
-            .is_some_and(|x| x.erased.is_none());
-        if stored && !still_consented {
-            self.duties.push(Duty {
-                origin: index,
-                consent: id.clone(),
-                expert,
-                what: DutyKind::Erase,
-            });
-        }
-    }
-
-    fn expert_erased(&mut self, index: LedgerIndex, e: &ExpertErased) {
-        match self.state.experts.get_mut(&e.expert) {
-            None => {
-                self.flag(
-                    index,
-                    Rule::WellFormed,
-                    format!("erases unknown expert {}", e.expert),
-                );
-            }
-            Some(expert) if expert.erased.is_some() => {
-                self.flag(
-                    index,
-                    Rule::WellFormed,
-                    format!("expert {} was already erased", e.expert),
-                );
-            }
-            Some(expert) => {
-                expert.erased = Some(index);
-                self.duties
-                    .retain(|d| !(d.what == DutyKind::Erase && d.expert == e.expert));
-            }
-        }
     }
 }
 
