@@ -333,7 +333,7 @@ fn main() {
     let one_sig = t.elapsed() / sample as u32;
     let statements = entries
         .iter()
-        .filter(|e| e.windows(24).any(|w| w == b"\"contributor_signature\""))
+        .filter(|e| e.windows(23).any(|w| w == b"\"contributor_signature\""))
         .count();
     let invites = CONTRIBUTORS.min(size);
     let signatures = size + statements + invites;

@@ -39,10 +39,36 @@ fn decode_fixed<const N: usize>(what: &'static str, text: &str) -> Result<[u8; N
     })
 }
 
+/// Gives a fixed-size byte newtype its base64 text form (serde, `Debug`).
+macro_rules! base64_bytes {
+    ($name:ident, $what:literal) => {
+        impl TryFrom<String> for $name {
+            type Error = KeyError;
+            fn try_from(value: String) -> Result<Self, KeyError> {
+                decode_fixed($what, &value).map(Self)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                BASE64.encode(value.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), BASE64.encode(self.0))
+            }
+        }
+    };
+}
+
 /// An Ed25519 public key (32 bytes), written in JSON as standard base64.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct PublicKey(pub [u8; 32]);
+
+base64_bytes!(PublicKey, "public key");
 
 impl PublicKey {
     /// The public half of a signing key.
@@ -59,53 +85,17 @@ impl PublicKey {
     }
 }
 
-impl TryFrom<String> for PublicKey {
-    type Error = KeyError;
-    fn try_from(value: String) -> Result<Self, KeyError> {
-        decode_fixed("public key", &value).map(Self)
-    }
-}
-
-impl From<PublicKey> for String {
-    fn from(value: PublicKey) -> String {
-        BASE64.encode(value.0)
-    }
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({})", BASE64.encode(self.0))
-    }
-}
-
 /// An Ed25519 signature (64 bytes), written in JSON as standard base64.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Signature(pub [u8; 64]);
 
+base64_bytes!(Signature, "signature");
+
 impl Signature {
     /// Signs `message` with `key`.
     pub fn sign(key: &SigningKey, message: &[u8]) -> Self {
         Self(key.sign(message).to_bytes())
-    }
-}
-
-impl TryFrom<String> for Signature {
-    type Error = KeyError;
-    fn try_from(value: String) -> Result<Self, KeyError> {
-        decode_fixed("signature", &value).map(Self)
-    }
-}
-
-impl From<Signature> for String {
-    fn from(value: Signature) -> String {
-        BASE64.encode(value.0)
-    }
-}
-
-impl fmt::Debug for Signature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature({})", BASE64.encode(self.0))
     }
 }
 

@@ -20,6 +20,7 @@
 //! - [`note`]: C2SP signed notes with Ed25519.
 //! - [`checkpoint`]: C2SP tlog checkpoints.
 //! - [`tiles`]: the C2SP tlog-tiles layout.
+//! - [`receipt`]: receipts (entry + inclusion proof + signed checkpoint) and checkpoint consistency.
 //! - [`violation`]: the rules replay checks and what it reports.
 //! - [`state`]: the state derived from the log.
 //! - `rules`: the consent rules applied entry by entry (private).
@@ -40,6 +41,7 @@ pub mod node;
 pub mod note;
 pub mod proof;
 pub mod query;
+pub mod receipt;
 pub mod replay;
 mod rules;
 pub mod state;
@@ -64,6 +66,7 @@ pub use node::NodeId;
 pub use note::{NoteError, NoteSigner, NoteVerifier, OpenedNote, open_note, sign_note};
 pub use proof::{ProofError, consistency_proof, inclusion_proof, root_hash};
 pub use query::{ListedExpert, VersionContents, WithdrawalStatus};
+pub use receipt::{Receipt, ReceiptError, verify_checkpoint_consistency};
 pub use replay::{Replay, ReplayOptions, replay};
 pub use state::LedgerState;
 pub use store::{HashStore, StoreError, hashes_to_append};

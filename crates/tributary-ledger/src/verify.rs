@@ -42,6 +42,15 @@ pub enum VerifyError {
     DifferentRootsSameSize,
 }
 
+/// RFC 9162's "if LSB(fn) is not set, right-shift both fn and sn equally until
+/// either LSB(fn) is set or fn is 0", shared by both verification algorithms.
+fn climb_to_right_child(f_n: &mut u64, s_n: &mut u64) {
+    while *f_n & 1 == 0 && *f_n != 0 {
+        *f_n >>= 1;
+        *s_n >>= 1;
+    }
+}
+
 /// Recomputes the root of a tree of `size` leaves from a leaf hash and its audit
 /// path (RFC 9162 §2.1.3.2 steps 1–5, without the final comparison).
 pub fn root_from_inclusion_proof(
@@ -62,12 +71,7 @@ pub fn root_from_inclusion_proof(
         }
         if f_n & 1 == 1 || f_n == s_n {
             r = node_hash(p, &r);
-            if f_n & 1 == 0 {
-                while f_n & 1 == 0 && f_n != 0 {
-                    f_n >>= 1;
-                    s_n >>= 1;
-                }
-            }
+            climb_to_right_child(&mut f_n, &mut s_n);
         } else {
             r = node_hash(&r, p);
         }
@@ -160,12 +164,7 @@ pub fn verify_consistency(
         if f_n & 1 == 1 || f_n == s_n {
             f_r = node_hash(c, &f_r);
             s_r = node_hash(c, &s_r);
-            if f_n & 1 == 0 {
-                while f_n & 1 == 0 && f_n != 0 {
-                    f_n >>= 1;
-                    s_n >>= 1;
-                }
-            }
+            climb_to_right_child(&mut f_n, &mut s_n);
         } else {
             s_r = node_hash(&s_r, c);
         }
