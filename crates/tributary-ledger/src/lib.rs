@@ -25,9 +25,11 @@
 //! - [`state`]: the state derived from the log.
 //! - `rules`: the consent rules applied entry by entry (private).
 //! - `withdrawal`: consent endings and the coordinator's duties (private).
+//! - [`audit`]: the incremental auditor at the core of replay.
 //! - [`replay`]: the pure replay and audit function.
 //! - [`query`]: answers about versions, experts and withdrawals.
 
+pub mod audit;
 pub mod canonical;
 pub mod checkpoint;
 pub mod compact;
@@ -51,6 +53,7 @@ pub mod verify;
 pub mod violation;
 mod withdrawal;
 
+pub use audit::Auditor;
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use compact::CompactRange;
 pub use entry::{Entry, EntryError, SignatureRole, SignedEvent};

@@ -4,7 +4,7 @@
 
 use tributary_ledger::event::{ConsentGranted, ModelVersionPublished, VersionExpert};
 use tributary_ledger::{
-    Checkpoint, ConsentId, Event, ExpertDigest, PublicKey, Replay, ReplayOptions, Rule,
+    Auditor, Checkpoint, ConsentId, Event, ExpertDigest, PublicKey, Replay, ReplayOptions, Rule,
     Sha256Digest, SignedEvent, SubmissionId, Timestamp, replay,
 };
 
@@ -431,4 +431,56 @@ fn queries_answer_what_users_ask() {
     let status = bad.state.withdrawal_status(&consent).unwrap();
     assert!(!status.is_honoured());
     assert!(!status.unreplaced.is_empty());
+}
+
+#[test]
+fn the_incremental_auditor_agrees_with_parallel_replay() {
+    let world = honest();
+    let honest_entries = world.seal();
+    // An honest log, one with an edited registration, one with a dropped entry,
+    // and one where the operator skipped an erasure.
+    let mut edited = honest_entries.clone();
+    let registration = world.positions(|e| matches!(e, Event::ContributorRegistered(_)))[2];
+    let text = String::from_utf8(edited[registration].clone()).unwrap();
+    edited[registration] = text
+        .replace(" organisation\"", " organisation!\"")
+        .into_bytes();
+    let mut dropped = honest_entries.clone();
+    dropped.remove(90);
+    let mut script = world.script.clone();
+    let erasure = world.positions(|e| matches!(e, Event::ExpertErased(_)))[3];
+    script.remove(erasure);
+    let skipped = seal_steps(&script, &world.operator);
+    let options = ReplayOptions {
+        operator_key: Some(PublicKey::of(&world.operator)),
+        checkpoints: vec![Checkpoint::new(
+            ORIGIN,
+            100,
+            root_of(&honest_entries[..100]),
+        )],
+    };
+    for (name, entries) in [
+        ("honest", &honest_entries),
+        ("edited", &edited),
+        ("dropped", &dropped),
+        ("skipped", &skipped),
+    ] {
+        let batch = replay(entries, &options);
+        let mut auditor = Auditor::new(&options);
+        let mut reported = 0;
+        for entry in entries.iter() {
+            reported += auditor.append(entry).len();
+        }
+        let incremental = auditor.finish();
+        assert_eq!(incremental.violations, batch.violations, "{name}");
+        assert_eq!(incremental.state, batch.state, "{name}");
+        assert_eq!(incremental.root, batch.root, "{name}");
+        assert!(reported <= batch.violations.len(), "{name}");
+        assert_eq!(
+            batch.is_clean(),
+            name == "honest",
+            "{name}: {:?}",
+            batch.violations.first()
+        );
+    }
 }
