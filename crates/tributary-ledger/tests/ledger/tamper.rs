@@ -27,6 +27,14 @@ fn audit(world: &World, entries: &[Vec<u8>], signed_entries: &[Vec<u8>]) -> Repl
     replay(entries, &options)
 }
 
+/// A database edit without keys: the checkpoint still covers the honest entries.
+fn audit_db_edit(world: &World, edit: impl FnOnce(&mut Vec<Vec<u8>>)) -> Replay {
+    let honest_entries = world.seal();
+    let mut entries = honest_entries.clone();
+    edit(&mut entries);
+    audit(world, &entries, &honest_entries)
+}
+
 /// A dishonest operator re-seals a changed script and signs a checkpoint over it.
 fn audit_script(world: &World, script: &[Step]) -> Replay {
     let entries = seal_steps(script, &world.operator);
@@ -101,14 +109,13 @@ fn the_generated_log_is_realistic_and_clean() {
 #[test]
 fn an_edited_entry_is_caught_by_its_seal() {
     let world = honest();
-    let honest_entries = world.seal();
     let target = world.positions(|e| matches!(e, Event::ConsentGranted(_)))[5];
-    let mut entries = honest_entries.clone();
-    let text = String::from_utf8(entries[target].clone()).unwrap();
-    let edited = text.replace("\"licence\":\"CC-BY-4.0\"", "\"licence\":\"CC0-1.0\"");
-    assert_ne!(text, edited);
-    entries[target] = edited.into_bytes();
-    let result = audit(&world, &entries, &honest_entries);
+    let result = audit_db_edit(&world, |entries| {
+        let text = String::from_utf8(entries[target].clone()).unwrap();
+        let edited = text.replace("\"licence\":\"CC-BY-4.0\"", "\"licence\":\"CC0-1.0\"");
+        assert_ne!(text, edited);
+        entries[target] = edited.into_bytes();
+    });
     assert_caught(&result, target, Rule::Signatures);
     // The signed checkpoint no longer matches either.
     assert!(result.violations.iter().any(|v| v.rule == Rule::TreeHead));
@@ -117,11 +124,10 @@ fn an_edited_entry_is_caught_by_its_seal() {
 #[test]
 fn a_dropped_entry_is_caught_where_it_was() {
     let world = honest();
-    let honest_entries = world.seal();
     let target = 137;
-    let mut entries = honest_entries.clone();
-    entries.remove(target);
-    let result = audit(&world, &entries, &honest_entries);
+    let result = audit_db_edit(&world, |entries| {
+        entries.remove(target);
+    });
     assert_caught(&result, target, Rule::WellFormed);
     assert!(result.violations.iter().any(|v| v.rule == Rule::TreeHead));
 }
@@ -129,11 +135,8 @@ fn a_dropped_entry_is_caught_where_it_was() {
 #[test]
 fn two_swapped_entries_are_caught_at_both_positions() {
     let world = honest();
-    let honest_entries = world.seal();
     let target = 200;
-    let mut entries = honest_entries.clone();
-    entries.swap(target, target + 1);
-    let result = audit(&world, &entries, &honest_entries);
+    let result = audit_db_edit(&world, |entries| entries.swap(target, target + 1));
     assert_caught(&result, target, Rule::WellFormed);
     assert!(
         result
