@@ -27,15 +27,24 @@ impl NodeId {
         Self { level: 0, index }
     }
 
-    /// First leaf covered by this subtree.
+    /// First leaf covered by this subtree (saturating at `u64::MAX` for ids
+    /// beyond any 64-bit tree).
     pub fn first_leaf(&self) -> u64 {
-        self.index << self.level
+        leaf_position(u128::from(self.index), self.level)
     }
 
-    /// One past the last leaf covered by this subtree.
+    /// One past the last leaf covered by this subtree (saturating like
+    /// [`NodeId::first_leaf`]).
     pub fn end_leaf(&self) -> u64 {
-        (self.index + 1) << self.level
+        leaf_position(u128::from(self.index) + 1, self.level)
     }
+}
+
+fn leaf_position(index: u128, level: u8) -> u64 {
+    if level >= 64 {
+        return if index == 0 { 0 } else { u64::MAX };
+    }
+    u64::try_from(index << level).unwrap_or(u64::MAX)
 }
 
 /// The largest power of two strictly smaller than `n` (RFC 6962's `k`), for `n ≥ 2`.
@@ -108,5 +117,9 @@ mod tests {
             vec![NodeId::new(1, 2), NodeId::new(0, 6)]
         );
         assert!(range_nodes(5, 5).is_empty());
+        // Addresses beyond any 64-bit tree saturate instead of overflowing.
+        assert_eq!(NodeId::new(70, 1).first_leaf(), u64::MAX);
+        assert_eq!(NodeId::new(70, 0).first_leaf(), 0);
+        assert_eq!(NodeId::new(1, u64::MAX).end_leaf(), u64::MAX);
     }
 }

@@ -93,9 +93,11 @@ impl TileId {
 
     /// The complete subtrees whose hashes the tile holds, in order.
     pub fn nodes(&self) -> Vec<NodeId> {
-        let level = self.level * TILE_HEIGHT;
+        // Out-of-range ids saturate; the store then reports them missing.
+        let level = self.level.saturating_mul(TILE_HEIGHT);
+        let first = self.index.saturating_mul(TILE_WIDTH);
         (0..u64::from(self.width))
-            .map(|i| NodeId::new(level, self.index * TILE_WIDTH + i))
+            .map(|i| NodeId::new(level, first.saturating_add(i)))
             .collect()
     }
 }
@@ -112,8 +114,8 @@ impl BundleId {
 
     /// The range of entry indices the bundle holds.
     pub fn entries(&self) -> std::ops::Range<u64> {
-        let start = self.index * TILE_WIDTH;
-        start..start + u64::from(self.width)
+        let start = self.index.saturating_mul(TILE_WIDTH);
+        start..start.saturating_add(u64::from(self.width))
     }
 }
 
@@ -395,6 +397,23 @@ mod tests {
         assert_eq!(decode_entry_bundle(&bytes).unwrap(), entries);
         assert!(decode_entry_bundle(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_entry_bundle(&[0]).is_err());
+        // Absurd ids do not overflow.
+        let huge = TileId {
+            level: 200,
+            index: u64::MAX,
+            width: 256,
+        };
+        assert_eq!(huge.nodes().len(), 256);
+        assert!(read_tile(&MemoryStore::new(), &huge).is_err());
+        assert_eq!(
+            BundleId {
+                index: u64::MAX,
+                width: 3
+            }
+            .entries()
+            .count(),
+            0
+        );
         assert!(encode_entry_bundle(&[vec![0u8; 65_536]]).is_err());
         assert_eq!(
             bundles_for_size(300),
