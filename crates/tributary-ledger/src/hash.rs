@@ -1,4 +1,4 @@
-//! RFC 6962 / RFC 9162 hashing: the 32-byte [`Hash`] type, leaf hashes
+//! RFC 6962 / RFC 9162 hashing: the 32-byte [`struct@Hash`] type, leaf hashes
 //! `SHA-256(0x00 ‖ entry)` and interior node hashes `SHA-256(0x01 ‖ left ‖ right)`.
 
 use std::fmt;

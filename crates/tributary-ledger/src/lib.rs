@@ -4,8 +4,67 @@
 //! events, with C2SP signed checkpoints and tiles, and the pure replay function
 //! an auditor runs to check the invariants of the design.
 //!
+//! A log in a few lines — the coordinator seals signed events, the auditor replays them:
+//!
+//! ```
+//! use ed25519_dalek::SigningKey;
+//! use tributary_ledger::event::{ConsentGranted, ContributorRegistered, LogCreated};
+//! use tributary_ledger::*;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let operator = SigningKey::from_bytes(&[1; 32]);
+//! let alice = SigningKey::from_bytes(&[2; 32]);
+//! let id = ContributorId::new("alice")?;
+//! let events = vec![
+//!     SignedEvent::coordinator(Event::LogCreated(LogCreated {
+//!         origin: "ledger.example.org/tributary".into(),
+//!         operator_key: PublicKey::of(&operator),
+//!     })),
+//!     SignedEvent::contributor(
+//!         Event::ContributorRegistered(ContributorRegistered {
+//!             contributor: id.clone(),
+//!             organisation: "Alice Hospital".into(),
+//!             public_key: PublicKey::of(&alice),
+//!         }),
+//!         &alice,
+//!     )?
+//!     .invited_by(&operator)?,
+//!     SignedEvent::contributor(
+//!         Event::ConsentGranted(ConsentGranted {
+//!             consent: ConsentId::new("consent-1")?,
+//!             contributor: id,
+//!             expert: ExpertDigest(Sha256Digest::of(b"expert weights")),
+//!             purposes: vec![Purpose::new("research")?],
+//!             expires_at: None,
+//!             data_description: "discharge letters".into(),
+//!             licence: "CC-BY-4.0".into(),
+//!             jurisdiction: "EU".into(),
+//!         }),
+//!         &alice,
+//!     )?,
+//! ];
+//! let mut store = MemoryStore::new();
+//! let mut entries = Vec::new();
+//! for (i, signed) in events.into_iter().enumerate() {
+//!     let entry = Entry::seal(signed, LedgerIndex(i as u64), Timestamp(1_750_000_000), &operator)?;
+//!     let bytes = entry.to_bytes()?;
+//!     store.append_entry(&bytes);
+//!     entries.push(bytes);
+//! }
+//! let checkpoint = Checkpoint::new("ledger.example.org/tributary", 3, root_hash(&store, 3)?);
+//! let options = ReplayOptions {
+//!     operator_key: Some(PublicKey::of(&operator)),
+//!     checkpoints: vec![checkpoint],
+//! };
+//! let audit = replay(&entries, &options);
+//! assert!(audit.is_clean());
+//! assert_eq!(audit.state.consents.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Modules:
-//! - [`hash`]: leaf and node hashing, the [`Hash`] type.
+//! - [`hash`]: leaf and node hashing, the [`struct@Hash`] type.
 //! - [`node`]: addresses of complete subtrees.
 //! - [`store`]: the storage trait ([`HashStore`]) and the rows an append writes.
 //! - [`memory_store`]: an in-memory tree.
@@ -26,7 +85,7 @@
 //! - `rules`: the consent rules applied entry by entry (private).
 //! - `withdrawal`: consent endings and the coordinator's duties (private).
 //! - [`audit`]: the incremental auditor at the core of replay.
-//! - [`replay`]: the pure replay and audit function.
+//! - [`mod@replay`]: the pure replay and audit function.
 //! - [`query`]: answers about versions, experts and withdrawals.
 
 pub mod audit;

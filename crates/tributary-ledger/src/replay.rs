@@ -8,7 +8,7 @@
 //! 2. learn the keys: the operator's from `LogCreated` (or the auditor's trust
 //!    anchor) and each contributor's from its `ContributorRegistered`;
 //! 3. verify every seal and statement signature (in parallel, `verify_strict`);
-//! 4. walk the entries in order: position, time, rules (see [`crate::rules`]);
+//! 4. walk the entries in order: position, time, rules (the private `rules` and `withdrawal` modules);
 //! 5. compare the recomputed tree heads with the checkpoints given.
 //!
 //! Entries whose signatures fail are reported and then ignored: the derived
