@@ -1,2 +1,44 @@
-//! `contributor-agent`: the data owner's command-line tool (work in progress).
-fn main() {}
+//! `contributor-agent`: the data owner's command-line tool.
+//!
+//! Runs beside the organisation's private text: trains an expert against the
+//! public anchor, evaluates it, and merges experts into `flex_olmo` checkpoints.
+//! Only the expert's weights ever leave the machine.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use contributor_agent::commands::{self, EvaluateArgs, MergeArgs, SoupArgs, TrainArgs};
+use contributor_agent::experiment::{self, ExperimentArgs};
+
+/// Train, evaluate and merge FlexOlmo experts next to your own data.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train an expert on local text against a frozen anchor and write an expert package.
+    Train(TrainArgs),
+    /// Merge expert packages onto the anchor into a `flex_olmo` checkpoint.
+    Merge(MergeArgs),
+    /// Score text with a checkpoint: tokens, mean NLL, perplexity, routing shares.
+    Evaluate(EvaluateArgs),
+    /// Average experts' FFNs with the public FFN into a dense model (the "model soup" baseline).
+    Soup(SoupArgs),
+    /// Reproduce the FlexOlmo comparison on a set of domains (anchor, experts, merge, opt-out, soup).
+    Experiment(ExperimentArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train(a) => commands::train(&a),
+        Command::Merge(a) => commands::merge_cmd(&a),
+        Command::Evaluate(a) => commands::evaluate_cmd(&a),
+        Command::Soup(a) => commands::soup_cmd(&a),
+        Command::Experiment(a) => experiment::run(&a),
+    }
+}

@@ -11,7 +11,11 @@ use crate::names;
 use crate::weights::{TensorMap, write_atomic};
 
 /// Tokenizer files copied alongside the weights when present.
-pub const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+pub const TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 /// A checkpoint held in memory.
 #[derive(Clone, Debug)]
@@ -32,7 +36,11 @@ impl Checkpoint {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
         let config = FlexOlmoConfig::from_json(&text)?;
         let tensors = TensorMap::load(&dir.join("model.safetensors"))?;
-        let ckpt = Self { config, tensors, source_dir: Some(dir.to_path_buf()) };
+        let ckpt = Self {
+            config,
+            tensors,
+            source_dir: Some(dir.to_path_buf()),
+        };
         ckpt.check_tensors()?;
         Ok(ckpt)
     }
@@ -40,7 +48,11 @@ impl Checkpoint {
     /// The exact set of tensor names and shapes for `config`.
     pub fn expected_shapes(config: &FlexOlmoConfig) -> Vec<(String, Vec<usize>)> {
         let h = config.hidden_size;
-        let (nh, nkv, hd) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
+        let (nh, nkv, hd) = (
+            config.num_attention_heads,
+            config.kv_heads(),
+            config.head_dim(),
+        );
         let i = config.intermediate_size;
         let mut out = vec![
             (names::EMBED.to_owned(), vec![config.vocab_size, h]),
@@ -73,10 +85,19 @@ impl Checkpoint {
             self.tensors.get_shaped(name, shape)?;
         }
         if self.tensors.0.len() != expected.len() {
-            let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-            let extra: Vec<&str> =
-                self.tensors.0.keys().map(String::as_str).filter(|n| !known.contains(n)).collect();
-            return Err(ModelError::Tensor(format!("unexpected tensors: {}", extra.join(", "))));
+            let known: std::collections::HashSet<&str> =
+                expected.iter().map(|(n, _)| n.as_str()).collect();
+            let extra: Vec<&str> = self
+                .tensors
+                .0
+                .keys()
+                .map(String::as_str)
+                .filter(|n| !known.contains(n))
+                .collect();
+            return Err(ModelError::Tensor(format!(
+                "unexpected tensors: {}",
+                extra.join(", ")
+            )));
         }
         Ok(())
     }

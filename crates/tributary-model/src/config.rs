@@ -96,7 +96,10 @@ impl FlexOlmoConfig {
         max_position_embeddings: usize,
     ) -> Self {
         let mut extra = Map::new();
-        extra.insert("architectures".into(), Value::from(vec!["FlexOlmoForCausalLM"]));
+        extra.insert(
+            "architectures".into(),
+            Value::from(vec!["FlexOlmoForCausalLM"]),
+        );
         extra.insert("torch_dtype".into(), Value::from("float32"));
         extra.insert("dtype".into(), Value::from("float32"));
         extra.insert("attention_dropout".into(), Value::from(0.0));
@@ -134,7 +137,8 @@ impl FlexOlmoConfig {
         let mut params = Map::new();
         params.insert("rope_theta".into(), Value::from(theta));
         params.insert("rope_type".into(), Value::from("default"));
-        self.extra.insert("rope_parameters".into(), Value::Object(params));
+        self.extra
+            .insert("rope_parameters".into(), Value::Object(params));
     }
 
     /// Number of key/value heads, defaulting to the number of query heads.
@@ -151,28 +155,41 @@ impl FlexOlmoConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |why: String| Err(ModelError::Config(why));
         if self.model_type != "flex_olmo" {
-            return bad(format!("model_type is {:?}, expected \"flex_olmo\"", self.model_type));
+            return bad(format!(
+                "model_type is {:?}, expected \"flex_olmo\"",
+                self.model_type
+            ));
         }
         if self.hidden_act != "silu" {
-            return bad(format!("hidden_act {:?} is not supported (only silu)", self.hidden_act));
+            return bad(format!(
+                "hidden_act {:?} is not supported (only silu)",
+                self.hidden_act
+            ));
         }
         if self.attention_bias {
             return bad("attention_bias = true is not supported".into());
         }
         if self.tie_word_embeddings {
-            return bad("tie_word_embeddings = true is not supported (FlexOlmo unties them)".into());
+            return bad(
+                "tie_word_embeddings = true is not supported (FlexOlmo unties them)".into(),
+            );
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
-            return bad(format!("head dimension {} must be even for RoPE", self.head_dim()));
+        if !self.head_dim().is_multiple_of(2) {
+            return bad(format!(
+                "head dimension {} must be even for RoPE",
+                self.head_dim()
+            ));
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {kv}",
                 self.num_attention_heads
@@ -188,7 +205,9 @@ impl FlexOlmoConfig {
             ));
         }
         if self.vocab_size == 0 || self.intermediate_size == 0 || self.num_hidden_layers == 0 {
-            return bad("vocab_size, intermediate_size and num_hidden_layers must be positive".into());
+            return bad(
+                "vocab_size, intermediate_size and num_hidden_layers must be positive".into(),
+            );
         }
         Ok(())
     }
@@ -198,16 +217,19 @@ impl FlexOlmoConfig {
     /// transformers 5 writes the RoPE base inside `rope_parameters`; it is read
     /// from there when the top-level `rope_theta` is absent.
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
-        let mut value: Value =
-            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let mut value: Value = serde_json::from_str(text)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         if let Some(obj) = value.as_object_mut()
             && !obj.contains_key("rope_theta")
-            && let Some(theta) = obj.get("rope_parameters").and_then(|p| p.get("rope_theta")).cloned()
+            && let Some(theta) = obj
+                .get("rope_parameters")
+                .and_then(|p| p.get("rope_theta"))
+                .cloned()
         {
             obj.insert("rope_theta".into(), theta);
         }
-        let config: Self =
-            serde_json::from_value(value).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let config: Self = serde_json::from_value(value)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -218,10 +240,14 @@ impl FlexOlmoConfig {
     /// same base as `rope_theta`, so both generations of transformers agree.
     pub fn to_json(&self) -> String {
         let mut c = self.clone();
-        let params = c.extra.entry("rope_parameters").or_insert_with(|| Value::Object(Map::new()));
+        let params = c
+            .extra
+            .entry("rope_parameters")
+            .or_insert_with(|| Value::Object(Map::new()));
         if let Some(p) = params.as_object_mut() {
             p.insert("rope_theta".into(), Value::from(self.rope_theta));
-            p.entry("rope_type").or_insert_with(|| Value::from("default"));
+            p.entry("rope_type")
+                .or_insert_with(|| Value::from("default"));
         }
         // Serialising a struct of plain fields and a JSON map cannot fail.
         serde_json::to_string_pretty(&c).unwrap_or_default()

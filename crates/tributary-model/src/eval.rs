@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::error::ModelError;
 use crate::model::{FlexOlmo, Trace, to_host};
+use crate::objective::inputs_and_targets;
 
 /// Result of an evaluation.
 #[derive(Clone, Debug, Serialize)]
@@ -40,35 +41,25 @@ pub fn windows(stream_len: usize, seq_len: usize) -> Vec<(usize, usize)> {
 }
 
 /// Log-probability of each next token for `batch` equal rows of `tokens`:
-/// row-major `[batch, seq - 1]`.
+/// row-major `[batch, seq - 1]`. Each row's last token is only a target, so a
+/// row may be one token longer than the model's context.
 pub fn next_token_logprobs(
     model: &FlexOlmo,
     tokens: &[u32],
     batch: usize,
     trace: &mut Trace,
 ) -> Result<Vec<f64>, ModelError> {
-    let seq = tokens.len() / batch.max(1);
-    if seq < 2 {
-        return Err(ModelError::Argument("need at least two tokens per row".into()));
+    if batch == 0 || !tokens.len().is_multiple_of(batch) || tokens.len() / batch < 2 {
+        return Err(ModelError::Argument(
+            "need equal rows of at least two tokens".into(),
+        ));
     }
-    let logits = model.logits(tokens, batch, trace)?;
-    let vocab = model.config.vocab_size;
-    let lp = log_softmax(logits, 1);
-    // Target of position t is token t+1 of the same row; the last position has none.
-    let mut targets = Vec::with_capacity(tokens.len());
-    for row in tokens.chunks(seq) {
-        targets.extend(row[1..].iter().map(|&t| i64::from(t)));
-        targets.push(0);
-    }
-    let device = model.device();
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [tokens.len(), 1]), &device);
-    let picked = to_host(lp.gather(1, idx));
-    let _ = vocab;
-    let mut out = Vec::with_capacity(batch * (seq - 1));
-    for r in 0..batch {
-        out.extend(picked.data[r * seq..(r + 1) * seq - 1].iter().map(|&v| f64::from(v)));
-    }
-    Ok(out)
+    let (inputs, targets) = inputs_and_targets(tokens, batch);
+    let logits = model.logits(&inputs, batch, trace)?;
+    let n = targets.len();
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device());
+    let picked = to_host(log_softmax(logits, 1).gather(1, idx));
+    Ok(picked.data.iter().map(|&v| f64::from(v)).collect())
 }
 
 /// Evaluates `model` on `stream`, batching `batch_size` windows at a time;
@@ -81,13 +72,20 @@ pub fn evaluate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport, ModelError> {
     if seq_len == 0 || batch_size == 0 {
-        return Err(ModelError::Argument("seq_len and batch_size must be positive".into()));
+        return Err(ModelError::Argument(
+            "seq_len and batch_size must be positive".into(),
+        ));
     }
     let wins = windows(stream.len(), seq_len);
     if wins.is_empty() {
-        return Err(ModelError::Argument("the text has fewer than two tokens".into()));
+        return Err(ModelError::Argument(
+            "the text has fewer than two tokens".into(),
+        ));
     }
-    let mut trace = Trace { route_counts: Some(Vec::new()), ..Trace::default() };
+    let mut trace = Trace {
+        route_counts: Some(Vec::new()),
+        ..Trace::default()
+    };
     let mut sum = 0f64;
     let mut count = 0u64;
     let mut done = 0;
@@ -111,8 +109,16 @@ pub fn evaluate(
         .into_iter()
         .map(|layer| {
             let total: u64 = layer.iter().sum();
-            layer.iter().map(|&c| c as f64 / total.max(1) as f64).collect()
+            layer
+                .iter()
+                .map(|&c| c as f64 / total.max(1) as f64)
+                .collect()
         })
         .collect();
-    Ok(EvalReport { tokens: count, nll, perplexity: nll.exp(), routing })
+    Ok(EvalReport {
+        tokens: count,
+        nll,
+        perplexity: nll.exp(),
+        routing,
+    })
 }

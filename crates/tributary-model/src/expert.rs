@@ -182,19 +182,28 @@ impl ExpertPackage {
         }
         let tensors = TensorMap::from_safetensors(&payload)?;
         if tensors.0.len() != manifest.tensors.len() {
-            return Err(ModelError::Expert("payload and manifest list different tensors".into()));
+            return Err(ModelError::Expert(
+                "payload and manifest list different tensors".into(),
+            ));
         }
         for entry in &manifest.tensors {
             let t = tensors.get_shaped(&entry.name, &entry.shape)?;
             if t.sha256() != entry.sha256 {
-                return Err(ModelError::Expert(format!("tensor {} does not match its sha256", entry.name)));
+                return Err(ModelError::Expert(format!(
+                    "tensor {} does not match its sha256",
+                    entry.name
+                )));
             }
         }
         Ok(Self { manifest, tensors })
     }
 
     /// Fails unless this expert fits `anchor` (same digest and shapes).
-    pub fn check_fits(&self, config: &FlexOlmoConfig, anchor_digest: &str) -> Result<(), ModelError> {
+    pub fn check_fits(
+        &self,
+        config: &FlexOlmoConfig,
+        anchor_digest: &str,
+    ) -> Result<(), ModelError> {
         if self.manifest.anchor_digest != anchor_digest {
             return Err(ModelError::Expert(format!(
                 "expert {} was trained against anchor {}, not {anchor_digest}",

@@ -18,7 +18,7 @@ use burn::tensor::{Device, Tensor};
 use crate::checkpoint::Checkpoint;
 use crate::error::ModelError;
 use crate::expert::{ExpertPackage, TrainingMetadata};
-use crate::model::{FlexOlmo, Ffn, Trace, to_host, to_host_transposed};
+use crate::model::{Ffn, FlexOlmo, Trace, to_host, to_host_transposed};
 use crate::names;
 use crate::objective::{StepInfo, TrainOptions, heldout_loss, lm_loss, sample_batch};
 use crate::optim::{AdamW, AdamWConfig, Param, schedule};
@@ -38,7 +38,10 @@ pub fn mean_router_inputs(
             "need at least {seq_len} tokens to initialise the router, got {take}"
         )));
     }
-    let mut trace = Trace { router_input_sums: Some(Vec::new()), ..Trace::default() };
+    let mut trace = Trace {
+        router_input_sums: Some(Vec::new()),
+        ..Trace::default()
+    };
     for chunk in stream[..rows * seq_len].chunks(seq_len * 8) {
         let b = chunk.len() / seq_len;
         model.hidden(chunk, b, &mut trace)?;
@@ -68,11 +71,23 @@ impl ExpertParams {
 fn two_expert_model(base: &FlexOlmo, ps: &ExpertParams, detach: bool) -> FlexOlmo {
     let mut model = base.clone();
     let device = base.device();
-    let v = |p: &Param| if detach { p.value.clone().detach() } else { p.value.clone() };
+    let v = |p: &Param| {
+        if detach {
+            p.value.clone().detach()
+        } else {
+            p.value.clone()
+        }
+    };
     for (l, layer) in model.layers.iter_mut().enumerate() {
         let [gu, down, r, b] = ps.layer(l);
         let public = layer.experts[0].clone();
-        layer.experts = vec![public, Ffn { gate_up: v(gu), down: v(down) }];
+        layer.experts = vec![
+            public,
+            Ffn {
+                gate_up: v(gu),
+                down: v(down),
+            },
+        ];
         layer.router = Tensor::cat(vec![layer.router.clone(), v(r)], 1);
         let b = v(b);
         let neg = (b.clone() - relu(b)).reshape([1]);
@@ -106,7 +121,13 @@ pub fn train_expert(
     let base = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &ad)?;
     let seq_len = opts.seq_len.min(anchor.config.max_position_embeddings);
     let anchor_heldout = match heldout {
-        Some(h) => Some(heldout_loss(&base, h, seq_len, opts.batch_size, opts.eval_tokens)?),
+        Some(h) => Some(heldout_loss(
+            &base,
+            h,
+            seq_len,
+            opts.batch_size,
+            opts.eval_tokens,
+        )?),
         None => None,
     };
     let r_init = mean_router_inputs(&base, train, seq_len, 65_536)?;
@@ -116,12 +137,19 @@ pub fn train_expert(
         let public = &layer.experts[0];
         params.push(Param::new(public.gate_up.clone(), true, &ad));
         params.push(Param::new(public.down.clone(), true, &ad));
-        let r = Tensor::<2>::from_data(burn::tensor::TensorData::new(r_init[l].clone(), [h, 1]), &ad);
+        let r = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(r_init[l].clone(), [h, 1]),
+            &ad,
+        );
         params.push(Param::new(r, false, &ad));
         params.push(Param::new(Tensor::zeros([1, 1], &ad), false, &ad));
     }
     let mut ps = ExpertParams { params };
-    let mut opt = AdamW::new(AdamWConfig { lr: opts.lr, weight_decay: opts.weight_decay, ..AdamWConfig::default() });
+    let mut opt = AdamW::new(AdamWConfig {
+        lr: opts.lr,
+        weight_decay: opts.weight_decay,
+        ..AdamWConfig::default()
+    });
     let mut recent = Vec::new();
     for step in 0..opts.steps {
         let t0 = Instant::now();
@@ -130,7 +158,9 @@ pub fn train_expert(
         let (ce, z) = lm_loss(&model, &windows, opts.batch_size, opts.z_loss_weight > 0.0)?;
         let loss_value = f64::from(ce.clone().into_scalar::<f32>());
         if !loss_value.is_finite() {
-            return Err(ModelError::Diverged(format!("loss is {loss_value} at step {step}")));
+            return Err(ModelError::Diverged(format!(
+                "loss is {loss_value} at step {step}"
+            )));
         }
         let total = match z {
             Some(z) => ce + z.mul_scalar(opts.z_loss_weight),
@@ -146,7 +176,13 @@ pub fn train_expert(
         let is_last = step + 1 == opts.steps;
         let eval_loss = match heldout {
             Some(h) if opts.eval_every > 0 && (step + 1) % opts.eval_every == 0 && !is_last => {
-                Some(heldout_loss(&two_expert_model(&base, &ps, true), h, seq_len, opts.batch_size, opts.eval_tokens)?)
+                Some(heldout_loss(
+                    &two_expert_model(&base, &ps, true),
+                    h,
+                    seq_len,
+                    opts.batch_size,
+                    opts.eval_tokens,
+                )?)
             }
             _ => None,
         };
@@ -163,7 +199,13 @@ pub fn train_expert(
     }
     let final_model = two_expert_model(&base, &ps, true);
     let heldout_final = match heldout {
-        Some(h) => Some(heldout_loss(&final_model, h, seq_len, opts.batch_size, opts.eval_tokens)?),
+        Some(h) => Some(heldout_loss(
+            &final_model,
+            h,
+            seq_len,
+            opts.batch_size,
+            opts.eval_tokens,
+        )?),
         None => None,
     };
     let mut tensors = TensorMap::new();
@@ -173,9 +215,15 @@ pub fn train_expert(
         let gu = to_host_transposed(gu.value.clone().inner());
         tensors.insert(names::package_ffn(l, "gate_proj"), gu.rows(0, inter)?);
         tensors.insert(names::package_ffn(l, "up_proj"), gu.rows(inter, inter)?);
-        tensors.insert(names::package_ffn(l, "down_proj"), to_host_transposed(down.value.clone().inner()));
+        tensors.insert(
+            names::package_ffn(l, "down_proj"),
+            to_host_transposed(down.value.clone().inner()),
+        );
         let r = to_host(r.value.clone().inner());
-        tensors.insert(names::package_router(l), HostTensor::new(vec![r.data.len()], r.data)?);
+        tensors.insert(
+            names::package_router(l),
+            HostTensor::new(vec![r.data.len()], r.data)?,
+        );
     }
     let training = TrainingMetadata {
         tokens: opts.steps * (opts.batch_size * seq_len) as u64,

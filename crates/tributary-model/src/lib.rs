@@ -8,7 +8,7 @@
 //! perplexity and routing ([`eval`]).
 //!
 //! Modules:
-//! - [`config`]: `config.json`.
+//! - [`config`]: the `config.json` file.
 //! - [`names`]: tensor names on disk.
 //! - [`weights`]: host tensors and safetensors encoding.
 //! - [`checkpoint`]: checkpoint directories.

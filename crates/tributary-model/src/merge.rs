@@ -52,7 +52,10 @@ pub fn merge(
     let mut seen = std::collections::HashSet::new();
     for e in experts {
         if !seen.insert(e.digest()) {
-            return Err(ModelError::Argument(format!("expert {} is listed twice", e.digest())));
+            return Err(ModelError::Argument(format!(
+                "expert {} is listed twice",
+                e.digest()
+            )));
         }
     }
     let n = experts.len() + 1;
@@ -76,22 +79,35 @@ pub fn merge(
         let refs: Vec<&HostTensor> = rows.iter().collect();
         tensors.insert(names::router(l), HostTensor::vstack(&refs)?);
     }
-    let merged = Checkpoint { config, tensors, source_dir: anchor.source_dir.clone() };
+    let merged = Checkpoint {
+        config,
+        tensors,
+        source_dir: anchor.source_dir.clone(),
+    };
     merged.check_tensors()?;
     Ok(merged)
 }
 
 /// Keeps only the experts `keep` (indices into the model's experts, 0 = public),
 /// in that order; `top_k` is capped at the number kept.
-pub fn select_experts(model: &Checkpoint, keep: &[usize], top_k: usize) -> Result<Checkpoint, ModelError> {
+pub fn select_experts(
+    model: &Checkpoint,
+    keep: &[usize],
+    top_k: usize,
+) -> Result<Checkpoint, ModelError> {
     let n = model.config.num_experts;
     if keep.is_empty() {
-        return Err(ModelError::Argument("at least one expert must be kept".into()));
+        return Err(ModelError::Argument(
+            "at least one expert must be kept".into(),
+        ));
     }
     let mut seen = vec![false; n];
     for &k in keep {
         if k >= n {
-            return Err(ModelError::Argument(format!("expert {k} does not exist (the model has {n}: 0..{})", n - 1)));
+            return Err(ModelError::Argument(format!(
+                "expert {k} does not exist (the model has {n}: 0..{})",
+                n - 1
+            )));
         }
         if std::mem::replace(&mut seen[k], true) {
             return Err(ModelError::Argument(format!("expert {k} is listed twice")));
@@ -108,22 +124,36 @@ pub fn select_experts(model: &Checkpoint, keep: &[usize], top_k: usize) -> Resul
     }
     for l in 0..config.num_hidden_layers {
         let router = model.tensors.get(&names::router(l))?;
-        let rows: Vec<HostTensor> = keep.iter().map(|&k| router.rows(k, 1)).collect::<Result<_, _>>()?;
+        let rows: Vec<HostTensor> = keep
+            .iter()
+            .map(|&k| router.rows(k, 1))
+            .collect::<Result<_, _>>()?;
         let refs: Vec<&HostTensor> = rows.iter().collect();
         tensors.insert(names::router(l), HostTensor::vstack(&refs)?);
         for (new, &old) in keep.iter().enumerate() {
             for proj in FFN_PROJS {
-                tensors.insert(names::expert(l, new, proj), model.tensors.get(&names::expert(l, old, proj))?.clone());
+                tensors.insert(
+                    names::expert(l, new, proj),
+                    model.tensors.get(&names::expert(l, old, proj))?.clone(),
+                );
             }
         }
     }
-    let out = Checkpoint { config, tensors, source_dir: model.source_dir.clone() };
+    let out = Checkpoint {
+        config,
+        tensors,
+        source_dir: model.source_dir.clone(),
+    };
     out.check_tensors()?;
     Ok(out)
 }
 
 /// The uniform FFN average of the public expert and `experts`, as a dense model.
-pub fn soup(anchor: &Checkpoint, anchor_digest: &str, experts: &[ExpertPackage]) -> Result<Checkpoint, ModelError> {
+pub fn soup(
+    anchor: &Checkpoint,
+    anchor_digest: &str,
+    experts: &[ExpertPackage],
+) -> Result<Checkpoint, ModelError> {
     check_anchor(anchor)?;
     for e in experts {
         e.check_fits(&anchor.config, anchor_digest)?;
@@ -146,5 +176,9 @@ pub fn soup(anchor: &Checkpoint, anchor_digest: &str, experts: &[ExpertPackage])
             tensors.insert(name, acc);
         }
     }
-    Ok(Checkpoint { config: anchor.config.clone(), tensors, source_dir: anchor.source_dir.clone() })
+    Ok(Checkpoint {
+        config: anchor.config.clone(),
+        tensors,
+        source_dir: anchor.source_dir.clone(),
+    })
 }

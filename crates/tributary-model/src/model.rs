@@ -119,7 +119,13 @@ impl Rope {
 /// RMSNorm over the last dimension of `[n, d]` rows.
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
     let d = weight.dims()[0];
-    let inv = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
+    let inv = x
+        .clone()
+        .square()
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
     x * inv * weight.clone().reshape([1, d])
 }
 
@@ -240,7 +246,12 @@ impl FlexOlmo {
             layers,
             norm: to_device(tensors.get_shaped(names::NORM, &[h])?, device),
             lm_head: transposed(tensors.get_shaped(names::LM_HEAD, &[v, h])?, device)?,
-            rope: Rope::new(hd, config.max_position_embeddings.max(1), config.rope_theta, device),
+            rope: Rope::new(
+                hd,
+                config.max_position_embeddings.max(1),
+                config.rope_theta,
+                device,
+            ),
             top_k: config.num_experts_per_tok,
         })
     }
@@ -258,7 +269,7 @@ impl FlexOlmo {
         batch: usize,
         trace: &mut Trace,
     ) -> Result<Tensor<2>, ModelError> {
-        if batch == 0 || tokens.is_empty() || tokens.len() % batch != 0 {
+        if batch == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(batch) {
             return Err(ModelError::Argument(format!(
                 "{} tokens cannot form {batch} equal rows",
                 tokens.len()
@@ -273,7 +284,9 @@ impl FlexOlmo {
         }
         let vocab = self.config.vocab_size;
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::Argument(format!("token id {bad} is outside the vocabulary of {vocab}")));
+            return Err(ModelError::Argument(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
         }
         let device = self.device();
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
@@ -286,8 +299,15 @@ impl FlexOlmo {
     }
 
     /// Logits `[batch * seq, vocab]`.
-    pub fn logits(&self, tokens: &[u32], batch: usize, trace: &mut Trace) -> Result<Tensor<2>, ModelError> {
-        Ok(self.hidden(tokens, batch, trace)?.matmul(self.lm_head.clone()))
+    pub fn logits(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        trace: &mut Trace,
+    ) -> Result<Tensor<2>, ModelError> {
+        Ok(self
+            .hidden(tokens, batch, trace)?
+            .matmul(self.lm_head.clone()))
     }
 
     fn layer_forward(
@@ -337,9 +357,15 @@ impl FlexOlmo {
             k = widen(k);
             v = widen(v);
         }
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
         let y = attention(q, k, v, None, None, options);
-        y.swap_dims(1, 2).reshape([batch * seq, nh * hd]).matmul(attn.out.clone())
+        y.swap_dims(1, 2)
+            .reshape([batch * seq, nh * hd])
+            .matmul(attn.out.clone())
     }
 
     fn moe(&self, l: usize, layer: &Layer, x: Tensor<2>, trace: &mut Trace) -> Tensor<2> {
@@ -402,7 +428,10 @@ impl FlexOlmo {
             }
             let m = r.len();
             let idx = Tensor::<1, Int>::from_data(TensorData::new(r, [m]), &device);
-            let w = Tensor::<2>::from_data(TensorData::new(std::mem::take(&mut weights[e]), [m, 1]), &device);
+            let w = Tensor::<2>::from_data(
+                TensorData::new(std::mem::take(&mut weights[e]), [m, 1]),
+                &device,
+            );
             let y = ffn.forward(x.clone().select(0, idx.clone())) * w;
             out = out.select_assign(0, idx, y, IndexingUpdateOp::Add);
         }

@@ -72,7 +72,13 @@ pub struct StepInfo {
 
 /// Draws `batch` windows of `seq_len + 1` tokens for `step`; the draw depends only
 /// on `(seed, step)`, so a resumed run sees the same batches.
-pub fn sample_batch(stream: &[u32], seq_len: usize, batch: usize, seed: u64, step: u64) -> Result<Vec<u32>, ModelError> {
+pub fn sample_batch(
+    stream: &[u32],
+    seq_len: usize,
+    batch: usize,
+    seed: u64,
+    step: u64,
+) -> Result<Vec<u32>, ModelError> {
     if stream.len() < seq_len + 1 {
         return Err(ModelError::Argument(format!(
             "the training text has {} tokens; at least seq_len + 1 = {} are needed",
@@ -103,9 +109,17 @@ pub fn inputs_and_targets(windows: &[u32], batch: usize) -> (Vec<u32>, Vec<i64>)
 
 /// Mean next-token cross-entropy of `model` on `batch` windows, and the summed
 /// router z-loss (mean over tokens of `logsumexp(router logits)²`, summed over layers).
-pub fn lm_loss(model: &FlexOlmo, windows: &[u32], batch: usize, want_z: bool) -> Result<(Tensor<1>, Option<Tensor<1>>), ModelError> {
+pub fn lm_loss(
+    model: &FlexOlmo,
+    windows: &[u32],
+    batch: usize,
+    want_z: bool,
+) -> Result<(Tensor<1>, Option<Tensor<1>>), ModelError> {
     let (inputs, targets) = inputs_and_targets(windows, batch);
-    let mut trace = Trace { keep_router_logits: want_z, ..Trace::default() };
+    let mut trace = Trace {
+        keep_router_logits: want_z,
+        ..Trace::default()
+    };
     let logits = model.logits(&inputs, batch, &mut trace)?;
     let n = targets.len();
     let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device());
@@ -129,7 +143,13 @@ pub fn lm_loss(model: &FlexOlmo, windows: &[u32], batch: usize, want_z: bool) ->
 }
 
 /// Mean next-token loss (nats/token) on up to `max_tokens` of `stream`, without gradients.
-pub fn heldout_loss(model: &FlexOlmo, stream: &[u32], seq_len: usize, batch: usize, max_tokens: usize) -> Result<f64, ModelError> {
+pub fn heldout_loss(
+    model: &FlexOlmo,
+    stream: &[u32],
+    seq_len: usize,
+    batch: usize,
+    max_tokens: usize,
+) -> Result<f64, ModelError> {
     let stream = &stream[..stream.len().min(max_tokens.max(seq_len + 1))];
     let report = crate::eval::evaluate(model, stream, seq_len, batch, &mut |_, _| {})?;
     Ok(report.nll)

@@ -28,7 +28,14 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0, grad_clip: 1.0 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+        }
     }
 }
 
@@ -105,7 +112,10 @@ impl AdamW {
         let mut gs = Vec::with_capacity(params.len());
         let mut sq = 0f64;
         for p in params.iter() {
-            let g = p.value.grad(grads).unwrap_or_else(|| p.value.clone().inner().zeros_like());
+            let g = p
+                .value
+                .grad(grads)
+                .unwrap_or_else(|| p.value.clone().inner().zeros_like());
             sq += f64::from(g.clone().square().sum().into_scalar::<f32>());
             gs.push(g);
         }
@@ -113,7 +123,11 @@ impl AdamW {
         if !norm.is_finite() {
             return Err(ModelError::Diverged(format!("gradient norm is {norm}")));
         }
-        let scale = if c.grad_clip > 0.0 && norm > c.grad_clip { c.grad_clip / norm } else { 1.0 };
+        let scale = if c.grad_clip > 0.0 && norm > c.grad_clip {
+            c.grad_clip / norm
+        } else {
+            1.0
+        };
         self.t += 1;
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
@@ -121,7 +135,8 @@ impl AdamW {
             let g = g.mul_scalar(scale);
             p.m = p.m.clone().mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
             p.v = p.v.clone().mul_scalar(c.beta2) + g.square().mul_scalar(1.0 - c.beta2);
-            let update = p.m.clone().div_scalar(bc1) / p.v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps);
+            let update =
+                p.m.clone().div_scalar(bc1) / p.v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps);
             let mut w = p.value.clone().detach().inner();
             if p.decay && c.weight_decay > 0.0 {
                 w = w.mul_scalar(1.0 - lr * c.weight_decay);
@@ -151,13 +166,24 @@ mod tests {
         let device = Device::flex().autodiff();
         let target = Tensor::<2>::from_floats([[1.0, -2.0, 3.0]], &device).inner();
         let mut params = vec![Param::new(Tensor::zeros([1, 3], &device), false, &device)];
-        let mut opt = AdamW::new(AdamWConfig { lr: 0.1, ..AdamWConfig::default() });
+        let mut opt = AdamW::new(AdamWConfig {
+            lr: 0.1,
+            ..AdamWConfig::default()
+        });
         for _ in 0..300 {
-            let loss = (params[0].value.clone() - target.clone().autodiff()).square().sum();
+            let loss = (params[0].value.clone() - target.clone().autodiff())
+                .square()
+                .sum();
             let grads = loss.backward();
             opt.step(&mut params, &grads, 0.05).unwrap();
         }
-        let got = params[0].value.clone().inner().into_data().try_into_vec_as::<f32>().unwrap();
+        let got = params[0]
+            .value
+            .clone()
+            .inner()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
         for (g, t) in got.iter().zip([1.0, -2.0, 3.0]) {
             assert!((g - t).abs() < 0.05, "{got:?}");
         }

@@ -18,7 +18,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::FlexOlmoConfig;
 use crate::error::ModelError;
 use crate::expert_train::mean_router_inputs;
-use crate::model::{Attention, FlexOlmo, Ffn, Layer, to_host, to_host_transposed};
+use crate::model::{Attention, Ffn, FlexOlmo, Layer, to_host, to_host_transposed};
 use crate::names;
 use crate::objective::{StepInfo, TrainOptions, heldout_loss, lm_loss, sample_batch};
 use crate::optim::{AdamW, AdamWConfig, Param, schedule};
@@ -55,7 +55,11 @@ pub fn init_anchor(config: &FlexOlmoConfig, seed: u64) -> Result<Checkpoint, Mod
         };
         tensors.insert(name, HostTensor::new(shape, data)?);
     }
-    Ok(Checkpoint { config: config.clone(), tensors, source_dir: None })
+    Ok(Checkpoint {
+        config: config.clone(),
+        tensors,
+        source_dir: None,
+    })
 }
 
 fn gaussian(rng: &mut StdRng) -> f64 {
@@ -110,21 +114,35 @@ fn model_of(template: &FlexOlmo, ps: &[Param]) -> FlexOlmo {
             post_feedforward_norm: vec1(&p[5]),
             router: layer.router.clone(),
             router_bias: None,
-            experts: vec![Ffn { gate_up: p[6].value.clone(), down: p[7].value.clone() }],
+            experts: vec![Ffn {
+                gate_up: p[6].value.clone(),
+                down: p[7].value.clone(),
+            }],
         };
     }
     m
 }
 
 /// Converts trained parameters back into transformers-layout tensors.
-fn tensors_of(config: &FlexOlmoConfig, ps: &[Param], routers: &TensorMap) -> Result<TensorMap, ModelError> {
+fn tensors_of(
+    config: &FlexOlmoConfig,
+    ps: &[Param],
+    routers: &TensorMap,
+) -> Result<TensorMap, ModelError> {
     let h = |p: &Param| to_host(p.value.clone().inner());
     let ht = |p: &Param| to_host_transposed(p.value.clone().inner());
     let flat = |p: &Param| {
         let t = h(p);
-        HostTensor { shape: vec![t.data.len()], data: t.data }
+        HostTensor {
+            shape: vec![t.data.len()],
+            data: t.data,
+        }
     };
-    let (nh, nkv, hd) = (config.num_attention_heads, config.kv_heads(), config.head_dim());
+    let (nh, nkv, hd) = (
+        config.num_attention_heads,
+        config.kv_heads(),
+        config.head_dim(),
+    );
     let inter = config.intermediate_size;
     let mut t = TensorMap::new();
     t.insert(names::EMBED, h(&ps[0]));
@@ -135,7 +153,10 @@ fn tensors_of(config: &FlexOlmoConfig, ps: &[Param], routers: &TensorMap) -> Res
         let qkv = ht(&p[0]);
         t.insert(names::attn(l, "q_proj"), qkv.rows(0, nh * hd)?);
         t.insert(names::attn(l, "k_proj"), qkv.rows(nh * hd, nkv * hd)?);
-        t.insert(names::attn(l, "v_proj"), qkv.rows((nh + nkv) * hd, nkv * hd)?);
+        t.insert(
+            names::attn(l, "v_proj"),
+            qkv.rows((nh + nkv) * hd, nkv * hd)?,
+        );
         t.insert(names::attn(l, "o_proj"), ht(&p[1]));
         t.insert(names::q_norm(l), flat(&p[2]));
         t.insert(names::k_norm(l), flat(&p[3]));
@@ -166,7 +187,13 @@ pub struct TrainerState {
 /// Where a resumable run keeps its state.
 pub const RESUME_DIR: &str = "resume";
 
-fn save_resume(dir: &Path, ckpt: &Checkpoint, ps: &[Param], state: &TrainerState, tokenizer: Option<&Path>) -> Result<(), ModelError> {
+fn save_resume(
+    dir: &Path,
+    ckpt: &Checkpoint,
+    ps: &[Param],
+    state: &TrainerState,
+    tokenizer: Option<&Path>,
+) -> Result<(), ModelError> {
     let rdir = dir.join(RESUME_DIR);
     ckpt.save(&rdir, tokenizer)?;
     let mut moments = TensorMap::new();
@@ -176,20 +203,23 @@ fn save_resume(dir: &Path, ckpt: &Checkpoint, ps: &[Param], state: &TrainerState
         moments.insert(format!("v.{i}"), to_host(v));
     }
     moments.save(&rdir.join("optimizer.safetensors"))?;
-    let json = serde_json::to_string_pretty(state).map_err(|e| ModelError::Argument(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(state).map_err(|e| ModelError::Argument(e.to_string()))?;
     write_atomic(&rdir.join("trainer_state.json"), json.as_bytes())
 }
 
 /// Loads the state saved in `dir/resume`, if any.
-pub fn load_resume(dir: &Path) -> Result<Option<(Checkpoint, TensorMap, TrainerState)>, ModelError> {
+pub fn load_resume(
+    dir: &Path,
+) -> Result<Option<(Checkpoint, TensorMap, TrainerState)>, ModelError> {
     let rdir = dir.join(RESUME_DIR);
     let spath = rdir.join("trainer_state.json");
     if !spath.is_file() {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&spath).map_err(|e| ModelError::io(&spath, e))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).map_err(|e| ModelError::Argument(format!("{}: {e}", spath.display())))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Argument(format!("{}: {e}", spath.display())))?;
     let ckpt = Checkpoint::load(&rdir)?;
     let moments = TensorMap::load(&rdir.join("optimizer.safetensors"))?;
     Ok(Some((ckpt, moments, state)))
@@ -226,17 +256,27 @@ pub fn pretrain(
     let template = FlexOlmo::from_tensors(&config, &run.start.tensors, &ad)?;
     let mut routers = TensorMap::new();
     for l in 0..config.num_hidden_layers {
-        routers.insert(names::router(l), run.start.tensors.get(&names::router(l))?.clone());
+        routers.insert(
+            names::router(l),
+            run.start.tensors.get(&names::router(l))?.clone(),
+        );
     }
     let mut ps = params_of(&template, &ad);
-    let mut opt = AdamW::new(AdamWConfig { lr: opts.lr, weight_decay: opts.weight_decay, ..AdamWConfig::default() });
+    let mut opt = AdamW::new(AdamWConfig {
+        lr: opts.lr,
+        weight_decay: opts.weight_decay,
+        ..AdamWConfig::default()
+    });
     let mut first = 0;
     let mut last_eval = None;
     if let Some((moments, state)) = &run.resume {
         for (i, p) in ps.iter_mut().enumerate() {
             let m = moments.get(&format!("m.{i}"))?;
             let v = moments.get(&format!("v.{i}"))?;
-            p.set_moments(crate::model::to_device(m, &ad), crate::model::to_device(v, &ad));
+            p.set_moments(
+                crate::model::to_device(m, &ad),
+                crate::model::to_device(v, &ad),
+            );
         }
         opt.t = state.step;
         first = state.step;
@@ -250,7 +290,9 @@ pub fn pretrain(
         let (ce, _) = lm_loss(&model, &windows, opts.batch_size, false)?;
         let loss = f64::from(ce.clone().into_scalar::<f32>());
         if !loss.is_finite() {
-            return Err(ModelError::Diverged(format!("loss is {loss} at step {step}")));
+            return Err(ModelError::Diverged(format!(
+                "loss is {loss} at step {step}"
+            )));
         }
         let grads = ce.backward();
         let lr = schedule(opts.lr, step, opts.warmup, opts.steps);
@@ -258,7 +300,13 @@ pub fn pretrain(
         let done = step + 1;
         let eval_loss = match heldout {
             Some(h) if opts.eval_every > 0 && done % opts.eval_every == 0 => {
-                let l = heldout_loss(&model_of(&template, &ps), h, seq_len, opts.batch_size, opts.eval_tokens)?;
+                let l = heldout_loss(
+                    &model_of(&template, &ps),
+                    h,
+                    seq_len,
+                    opts.batch_size,
+                    opts.eval_tokens,
+                )?;
                 last_eval = Some(l);
                 Some(l)
             }
@@ -269,8 +317,17 @@ pub fn pretrain(
             && done % run.checkpoint_every == 0
             && done < opts.steps
         {
-            let ckpt = Checkpoint { config: config.clone(), tensors: tensors_of(&config, &ps, &routers)?, source_dir: None };
-            let state = TrainerState { step: done, total_steps: opts.steps, seed: opts.seed, last_eval_loss: last_eval };
+            let ckpt = Checkpoint {
+                config: config.clone(),
+                tensors: tensors_of(&config, &ps, &routers)?,
+                source_dir: None,
+            };
+            let state = TrainerState {
+                step: done,
+                total_steps: opts.steps,
+                seed: opts.seed,
+                last_eval_loss: last_eval,
+            };
             save_resume(dir, &ckpt, &ps, &state, run.tokenizer_dir)?;
         }
         progress(&StepInfo {
@@ -284,21 +341,38 @@ pub fn pretrain(
         });
     }
     let final_eval = match heldout {
-        Some(h) => Some(heldout_loss(&model_of(&template, &ps), h, seq_len, opts.batch_size, opts.eval_tokens)?),
+        Some(h) => Some(heldout_loss(
+            &model_of(&template, &ps),
+            h,
+            seq_len,
+            opts.batch_size,
+            opts.eval_tokens,
+        )?),
         None => last_eval,
     };
-    let ckpt = Checkpoint { config: config.clone(), tensors: tensors_of(&config, &ps, &routers)?, source_dir: None };
+    let ckpt = Checkpoint {
+        config: config.clone(),
+        tensors: tensors_of(&config, &ps, &routers)?,
+        source_dir: None,
+    };
     Ok((ckpt, final_eval))
 }
 
 /// Sets every layer's router row to the anchor's mean router input over `public`
 /// tokens (the public router row `r_pub`).
-pub fn set_public_router(ckpt: &mut Checkpoint, public: &[u32], seq_len: usize, max_tokens: usize, device: &Device) -> Result<(), ModelError> {
+pub fn set_public_router(
+    ckpt: &mut Checkpoint,
+    public: &[u32],
+    seq_len: usize,
+    max_tokens: usize,
+    device: &Device,
+) -> Result<(), ModelError> {
     let model = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, device)?;
     let rows = mean_router_inputs(&model, public, seq_len, max_tokens)?;
     for (l, r) in rows.into_iter().enumerate() {
         let h = r.len();
-        ckpt.tensors.insert(names::router(l), HostTensor::new(vec![1, h], r)?);
+        ckpt.tensors
+            .insert(names::router(l), HostTensor::new(vec![1, h], r)?);
     }
     Ok(())
 }

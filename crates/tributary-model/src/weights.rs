@@ -57,23 +57,35 @@ impl HostTensor {
 
     /// Euclidean norm of all values (computed in f64).
     pub fn l2_norm(&self) -> f64 {
-        self.data.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
+        self.data
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt()
     }
 
     /// Rows `[start, start + len)` of a rank-2 tensor.
     pub fn rows(&self, start: usize, len: usize) -> Result<HostTensor, ModelError> {
         let [r, c] = self.dims2()?;
         if start + len > r {
-            return Err(ModelError::Tensor(format!("rows {start}..{} of a {r}-row tensor", start + len)));
+            return Err(ModelError::Tensor(format!(
+                "rows {start}..{} of a {r}-row tensor",
+                start + len
+            )));
         }
-        HostTensor::new(vec![len, c], self.data[start * c..(start + len) * c].to_vec())
+        HostTensor::new(
+            vec![len, c],
+            self.data[start * c..(start + len) * c].to_vec(),
+        )
     }
 
     /// The two dimensions of a rank-2 tensor.
     pub fn dims2(&self) -> Result<[usize; 2], ModelError> {
         match self.shape.as_slice() {
             [a, b] => Ok([*a, *b]),
-            other => Err(ModelError::Tensor(format!("expected a matrix, got shape {other:?}"))),
+            other => Err(ModelError::Tensor(format!(
+                "expected a matrix, got shape {other:?}"
+            ))),
         }
     }
 
@@ -85,7 +97,9 @@ impl HostTensor {
         for p in parts {
             let [r, c] = p.dims2()?;
             if *cols.get_or_insert(c) != c {
-                return Err(ModelError::Tensor("stacked matrices differ in width".into()));
+                return Err(ModelError::Tensor(
+                    "stacked matrices differ in width".into(),
+                ));
             }
             rows += r;
             data.extend_from_slice(&p.data);
@@ -111,7 +125,9 @@ impl TensorMap {
 
     /// The tensor called `name`, or a clear error.
     pub fn get(&self, name: &str) -> Result<&HostTensor, ModelError> {
-        self.0.get(name).ok_or_else(|| ModelError::Tensor(format!("missing tensor {name}")))
+        self.0
+            .get(name)
+            .ok_or_else(|| ModelError::Tensor(format!("missing tensor {name}")))
     }
 
     /// The tensor called `name` with exactly `shape`, or a clear error.
@@ -128,16 +144,22 @@ impl TensorMap {
 
     /// Removes and returns a tensor.
     pub fn take(&mut self, name: &str) -> Result<HostTensor, ModelError> {
-        self.0.remove(name).ok_or_else(|| ModelError::Tensor(format!("missing tensor {name}")))
+        self.0
+            .remove(name)
+            .ok_or_else(|| ModelError::Tensor(format!("missing tensor {name}")))
     }
 
     /// Parses safetensors bytes; `F32`, `F16` and `BF16` are read as `f32`.
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self, ModelError> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::SafeTensors(e.to_string()))?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| ModelError::SafeTensors(e.to_string()))?;
         let mut map = BTreeMap::new();
         for (name, view) in st.iter() {
             let data = decode(name, &view)?;
-            map.insert(name.to_owned(), HostTensor::new(view.shape().to_vec(), data)?);
+            map.insert(
+                name.to_owned(),
+                HostTensor::new(view.shape().to_vec(), data)?,
+            );
         }
         Ok(Self(map))
     }
@@ -164,7 +186,8 @@ impl TensorMap {
         }
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_owned(), "pt".to_owned());
-        safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::SafeTensors(e.to_string()))
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| ModelError::SafeTensors(e.to_string()))
     }
 
     /// Writes the map as a safetensors file (via a temporary file and a rename,
@@ -192,9 +215,14 @@ fn decode(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, ModelError> {
             .chunks_exact(2)
             .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
             .collect(),
-        Dtype::F16 => raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
         other => {
-            return Err(ModelError::Tensor(format!("{name}: dtype {other:?} is not supported")));
+            return Err(ModelError::Tensor(format!(
+                "{name}: dtype {other:?} is not supported"
+            )));
         }
     };
     Ok(out)
@@ -212,7 +240,14 @@ mod tests {
     #[test]
     fn safetensors_round_trip_is_exact() {
         let mut m = TensorMap::new();
-        m.insert("b", HostTensor::new(vec![2, 3], vec![1.0, -2.5, 3.25, f32::MIN_POSITIVE, 0.0, -0.0]).unwrap());
+        m.insert(
+            "b",
+            HostTensor::new(
+                vec![2, 3],
+                vec![1.0, -2.5, 3.25, f32::MIN_POSITIVE, 0.0, -0.0],
+            )
+            .unwrap(),
+        );
         m.insert("a", HostTensor::new(vec![1], vec![42.0]).unwrap());
         let bytes = m.to_safetensors().unwrap();
         let back = TensorMap::from_safetensors(&bytes).unwrap();

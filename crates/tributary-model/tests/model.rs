@@ -13,7 +13,9 @@ use tributary_model::merge::{merge, select_experts, soup};
 use tributary_model::model::Trace;
 use tributary_model::names;
 use tributary_model::objective::TrainOptions;
-use tributary_model::pretrain::{PretrainRun, init_anchor, load_resume, pretrain, set_public_router};
+use tributary_model::pretrain::{
+    PretrainRun, init_anchor, load_resume, pretrain, set_public_router,
+};
 use tributary_model::{Checkpoint, ExpertPackage, FlexOlmo, FlexOlmoConfig};
 
 fn tiny_config() -> FlexOlmoConfig {
@@ -32,7 +34,11 @@ fn stream(len: usize, seed: u32) -> Vec<u32> {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            if x % 4 == 0 { x % 64 } else { ((i as u32 * 7 + seed) % 13) + 3 * (seed % 5) }
+            if x.is_multiple_of(4) {
+                x % 64
+            } else {
+                ((i as u32 * 7 + seed) % 13) + 3 * (seed % 5)
+            }
         })
         .collect()
 }
@@ -45,22 +51,46 @@ fn anchor_with_router() -> (Checkpoint, String) {
 }
 
 fn quick_opts(steps: u64) -> TrainOptions {
-    TrainOptions { steps, batch_size: 4, seq_len: 32, lr: 5e-3, warmup: 2, eval_tokens: 256, ..TrainOptions::default() }
+    TrainOptions {
+        steps,
+        batch_size: 4,
+        seq_len: 32,
+        lr: 5e-3,
+        warmup: 2,
+        eval_tokens: 256,
+        ..TrainOptions::default()
+    }
 }
 
 fn train(anchor: &Checkpoint, digest: &str, seed: u32, steps: u64) -> ExpertPackage {
     let data = stream(2_000, seed);
     let held = stream(300, seed + 100);
-    train_expert(anchor, digest, &data, Some(&held), &quick_opts(steps), &device(), &mut |_| {}).unwrap()
+    train_expert(
+        anchor,
+        digest,
+        &data,
+        Some(&held),
+        &quick_opts(steps),
+        &device(),
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 fn logits(ckpt: &Checkpoint, tokens: &[u32]) -> Vec<f32> {
     let m = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, &device()).unwrap();
-    m.logits(tokens, 1, &mut Trace::default()).unwrap().into_data().try_into_vec_as::<f32>().unwrap()
+    m.logits(tokens, 1, &mut Trace::default())
+        .unwrap()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -68,15 +98,25 @@ fn training_changes_only_the_expert_and_is_deterministic() {
     let (anchor, digest) = anchor_with_router();
     let e1 = train(&anchor, &digest, 3, 12);
     let e1_again = train(&anchor, &digest, 3, 12);
-    assert_eq!(e1.digest(), e1_again.digest(), "same seed and data must give the same expert");
+    assert_eq!(
+        e1.digest(),
+        e1_again.digest(),
+        "same seed and data must give the same expert"
+    );
 
     // The package holds exactly the expert tensors.
-    let expected: Vec<String> = tributary_model::expert::expected_expert_shapes(&anchor.config).into_iter().map(|(n, _)| n).collect();
+    let expected: Vec<String> = tributary_model::expert::expected_expert_shapes(&anchor.config)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let got: Vec<String> = e1.tensors.0.keys().cloned().collect();
     assert_eq!(got, expected);
 
     // The trained FFN moved away from the public one.
-    let public = anchor.tensors.get(&names::expert(0, 0, "gate_proj")).unwrap();
+    let public = anchor
+        .tensors
+        .get(&names::expert(0, 0, "gate_proj"))
+        .unwrap();
     let own = e1.tensors.get(&names::package_ffn(0, "gate_proj")).unwrap();
     assert!(max_abs_diff(&public.data, &own.data) > 1e-4);
 
@@ -84,12 +124,19 @@ fn training_changes_only_the_expert_and_is_deterministic() {
     let merged = merge(&anchor, &digest, std::slice::from_ref(&e1), 2).unwrap();
     for (name, t) in &anchor.tensors.0 {
         if names::is_shared(name) || name.contains(".experts.0.") {
-            assert_eq!(merged.tensors.get(name).unwrap(), t, "{name} differs from the anchor");
+            assert_eq!(
+                merged.tensors.get(name).unwrap(),
+                t,
+                "{name} differs from the anchor"
+            );
         }
     }
     // Held-out loss went down on this (learnable) stream.
     let m = &e1.manifest.training;
-    assert!(m.heldout_loss.unwrap() < m.anchor_heldout_loss.unwrap(), "{m:?}");
+    assert!(
+        m.heldout_loss.unwrap() < m.anchor_heldout_loss.unwrap(),
+        "{m:?}"
+    );
 }
 
 #[test]
@@ -113,10 +160,21 @@ fn removing_every_expert_gives_back_the_anchor_exactly() {
 fn merge_rejects_foreign_and_duplicate_experts() {
     let (anchor, digest) = anchor_with_router();
     let e = train(&anchor, &digest, 1, 2);
-    assert!(merge(&anchor, "0".repeat(64).as_str(), std::slice::from_ref(&e), 2).is_err());
+    assert!(
+        merge(
+            &anchor,
+            "0".repeat(64).as_str(),
+            std::slice::from_ref(&e),
+            2
+        )
+        .is_err()
+    );
     assert!(merge(&anchor, &digest, &[e.clone(), e.clone()], 2).is_err());
     let merged = merge(&anchor, &digest, std::slice::from_ref(&e), 2).unwrap();
-    assert!(merge(&merged, &digest, std::slice::from_ref(&e), 2).is_err(), "a merged model is not an anchor");
+    assert!(
+        merge(&merged, &digest, std::slice::from_ref(&e), 2).is_err(),
+        "a merged model is not an anchor"
+    );
     assert!(select_experts(&merged, &[0, 5], 2).is_err());
     assert!(select_experts(&merged, &[1, 1], 2).is_err());
     assert!(select_experts(&merged, &[], 2).is_err());
@@ -134,7 +192,13 @@ fn identical_experts_with_all_active_reproduce_the_anchor() {
             e.tensors.insert(names::package_ffn(l, p), public);
         }
     }
-    let e = ExpertPackage::new(&anchor.config, digest.clone(), e.tensors, e.manifest.training).unwrap();
+    let e = ExpertPackage::new(
+        &anchor.config,
+        digest.clone(),
+        e.tensors,
+        e.manifest.training,
+    )
+    .unwrap();
     let merged = merge(&anchor, &digest, &[e], 2).unwrap();
     let toks = stream(50, 4);
     let d = max_abs_diff(&logits(&merged, &toks), &logits(&anchor, &toks));
@@ -179,10 +243,19 @@ fn soup_of_no_change_is_the_anchor() {
     let mut e = train(&anchor, &digest, 1, 1);
     for l in 0..anchor.config.num_hidden_layers {
         for p in names::FFN_PROJS {
-            e.tensors.insert(names::package_ffn(l, p), anchor.tensors.get(&names::expert(l, 0, p)).unwrap().clone());
+            e.tensors.insert(
+                names::package_ffn(l, p),
+                anchor.tensors.get(&names::expert(l, 0, p)).unwrap().clone(),
+            );
         }
     }
-    let e = ExpertPackage::new(&anchor.config, digest.clone(), e.tensors, e.manifest.training).unwrap();
+    let e = ExpertPackage::new(
+        &anchor.config,
+        digest.clone(),
+        e.tensors,
+        e.manifest.training,
+    )
+    .unwrap();
     let s = soup(&anchor, &digest, &[e]).unwrap();
     for (name, t) in &anchor.tensors.0 {
         let d = max_abs_diff(&s.tensors.get(name).unwrap().data, &t.data);
@@ -195,27 +268,54 @@ fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
     let config = tiny_config();
     let data = stream(3_000, 2);
     let held = stream(400, 50);
-    let opts = TrainOptions { steps: 8, batch_size: 4, seq_len: 32, lr: 1e-2, warmup: 2, eval_tokens: 400, ..TrainOptions::default() };
+    let opts = TrainOptions {
+        steps: 8,
+        batch_size: 4,
+        seq_len: 32,
+        lr: 1e-2,
+        warmup: 2,
+        eval_tokens: 400,
+        ..TrainOptions::default()
+    };
     let start = init_anchor(&config, 1).unwrap();
     let before = {
         let m = FlexOlmo::from_tensors(&config, &start.tensors, &device()).unwrap();
         evaluate(&m, &held, 32, 4, &mut |_, _| {}).unwrap().nll
     };
     let run = |start: Checkpoint, resume, dir: Option<&std::path::Path>| {
-        let r = PretrainRun { start, resume, opts: opts.clone(), out_dir: dir, checkpoint_every: 4, tokenizer_dir: None };
+        let r = PretrainRun {
+            start,
+            resume,
+            opts: opts.clone(),
+            out_dir: dir,
+            checkpoint_every: 4,
+            tokenizer_dir: None,
+        };
         pretrain(r, &data, Some(&held), &device(), &mut |_| {}).unwrap()
     };
     let (full, loss) = run(start.clone(), None, None);
-    assert!(loss.unwrap() < before, "held-out loss {loss:?} did not drop below {before}");
+    assert!(
+        loss.unwrap() < before,
+        "held-out loss {loss:?} did not drop below {before}"
+    );
 
     // A run that saves its state at step 4; resuming from that state must end
     // exactly where the uninterrupted run ended.
     let dir = tempfile::tempdir().unwrap();
-    let r = PretrainRun { start: start.clone(), resume: None, opts: opts.clone(), out_dir: Some(dir.path()), checkpoint_every: 4, tokenizer_dir: None };
+    let r = PretrainRun {
+        start: start.clone(),
+        resume: None,
+        opts: opts.clone(),
+        out_dir: Some(dir.path()),
+        checkpoint_every: 4,
+        tokenizer_dir: None,
+    };
     let mut seen = 0;
     pretrain(r, &data, Some(&held), &device(), &mut |s| seen = s.step).unwrap();
     assert_eq!(seen, 8);
-    let (ckpt, moments, state) = load_resume(dir.path()).unwrap().expect("a resumable checkpoint at step 4");
+    let (ckpt, moments, state) = load_resume(dir.path())
+        .unwrap()
+        .expect("a resumable checkpoint at step 4");
     assert_eq!(state.step, 4);
     let (resumed, _) = run(ckpt, Some((moments, state)), None);
     for (name, t) in &full.tensors.0 {
@@ -225,7 +325,9 @@ fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
 }
 
 fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 #[test]
@@ -235,16 +337,34 @@ fn logprobs_agree_with_transformers_on_reference_fixtures() {
         let ckpt = Checkpoint::load(&dir).unwrap();
         let model = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, &device()).unwrap();
         let expected: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
         let cases = expected["sequences"].as_array().expect("sequences");
         assert!(!cases.is_empty());
         for case in cases {
-            let ids: Vec<u32> = case["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-            let want: Vec<f64> = case["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let ids: Vec<u32> = case["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let want: Vec<f64> = case["logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             let got = next_token_logprobs(&model, &ids, 1, &mut Trace::default()).unwrap();
             assert_eq!(got.len(), want.len());
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            assert!(worst < 2e-4, "{name}: per-token log-prob differs by {worst}");
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst < 2e-4,
+                "{name}: per-token log-prob differs by {worst}"
+            );
             let nll_got = -got.iter().sum::<f64>() / got.len() as f64;
             let nll_want = -want.iter().sum::<f64>() / want.len() as f64;
             let rel = (nll_got.exp() / nll_want.exp() - 1.0).abs();
@@ -257,10 +377,22 @@ fn logprobs_agree_with_transformers_on_reference_fixtures() {
 fn bad_inputs_are_errors_not_panics() {
     let (anchor, _) = anchor_with_router();
     let m = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device()).unwrap();
-    assert!(m.logits(&[1, 2, 999], 1, &mut Trace::default()).is_err(), "token outside the vocabulary");
-    assert!(m.logits(&[1, 2, 3], 2, &mut Trace::default()).is_err(), "rows of unequal length");
-    assert!(m.logits(&vec![1; 65], 1, &mut Trace::default()).is_err(), "longer than the context");
-    assert!(evaluate(&m, &[1], 32, 4, &mut |_, _| {}).is_err(), "nothing to score");
+    assert!(
+        m.logits(&[1, 2, 999], 1, &mut Trace::default()).is_err(),
+        "token outside the vocabulary"
+    );
+    assert!(
+        m.logits(&[1, 2, 3], 2, &mut Trace::default()).is_err(),
+        "rows of unequal length"
+    );
+    assert!(
+        m.logits(&vec![1; 65], 1, &mut Trace::default()).is_err(),
+        "longer than the context"
+    );
+    assert!(
+        evaluate(&m, &[1], 32, 4, &mut |_, _| {}).is_err(),
+        "nothing to score"
+    );
     let mut broken = anchor.tensors.clone();
     broken.0.remove(names::NORM);
     assert!(FlexOlmo::from_tensors(&anchor.config, &broken, &device()).is_err());

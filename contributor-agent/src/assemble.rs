@@ -1,0 +1,63 @@
+//! Building the model a command runs: a checkpoint, optionally with expert
+//! packages merged in memory, optionally restricted to a subset of experts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use tributary_model::checkpoint::file_sha256;
+use tributary_model::merge::{merge, select_experts};
+use tributary_model::{Checkpoint, ExpertPackage};
+
+/// Default number of experts per token for merged models.
+pub const DEFAULT_TOP_K: usize = 2;
+
+/// SHA-256 of a checkpoint's `model.safetensors`: the anchor digest experts record.
+pub fn anchor_digest(dir: &Path) -> Result<String> {
+    file_sha256(&dir.join("model.safetensors")).context("hashing the anchor")
+}
+
+/// Loads expert packages, with the path in any error.
+pub fn load_experts(dirs: &[PathBuf]) -> Result<Vec<ExpertPackage>> {
+    dirs.iter()
+        .map(|d| {
+            ExpertPackage::load(d)
+                .with_context(|| format!("loading expert package {}", d.display()))
+        })
+        .collect()
+}
+
+/// `model_dir` (+ `experts` merged onto it, when it is an anchor), restricted to
+/// `subset` (indices, 0 = public) and with `top_k` experts per token when given.
+pub fn assemble(
+    model_dir: &Path,
+    experts: &[PathBuf],
+    subset: Option<&[usize]>,
+    top_k: Option<usize>,
+) -> Result<Checkpoint> {
+    let mut ckpt = Checkpoint::load(model_dir)
+        .with_context(|| format!("loading checkpoint {}", model_dir.display()))?;
+    if !experts.is_empty() {
+        let digest = anchor_digest(model_dir)?;
+        let pkgs = load_experts(experts)?;
+        ckpt = merge(&ckpt, &digest, &pkgs, top_k.unwrap_or(DEFAULT_TOP_K))
+            .context("merging the experts")?;
+    }
+    if let Some(keep) = subset {
+        let k = top_k.unwrap_or(ckpt.config.num_experts_per_tok);
+        ckpt = select_experts(&ckpt, keep, k).context("selecting experts")?;
+    } else if let Some(k) = top_k {
+        ckpt.config.num_experts_per_tok = k.clamp(1, ckpt.config.num_experts);
+    }
+    Ok(ckpt)
+}
+
+/// Parses `0,2,3` into expert indices.
+pub fn parse_expert_list(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{p:?} is not an expert index (expected e.g. 0,2,3)"))
+        })
+        .collect()
+}

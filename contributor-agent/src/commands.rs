@@ -1,0 +1,326 @@
+//! The subcommands that work on weights: `train`, `merge`, `soup`, `evaluate`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Serialize;
+use tributary_model::device::device_for;
+use tributary_model::eval::{EvalReport, evaluate};
+use tributary_model::expert_train::train_expert;
+use tributary_model::merge::{merge, soup};
+use tributary_model::objective::TrainOptions;
+use tributary_model::{Checkpoint, FlexOlmo};
+
+use crate::assemble::{DEFAULT_TOP_K, anchor_digest, assemble, load_experts, parse_expert_list};
+use crate::progress::{eval_bar, on_step, training_bar};
+use crate::text;
+
+/// Options shared by commands that run the model.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Compute backend: `flex` (pure-Rust CPU, always available), `cuda` or `tch`
+    /// when built with those cargo features.
+    #[arg(long, env = "TRIBUTARY_BACKEND", default_value = "flex")]
+    pub backend: String,
+}
+
+/// `contributor-agent train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The anchor checkpoint directory (a one-expert `flex_olmo` checkpoint).
+    #[arg(long)]
+    pub anchor: PathBuf,
+    /// Training text: `.txt` files, `.jsonl` files with a `text` field, or directories of them.
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Held-out text for the loss reported in the manifest. Without it, every
+    /// 20th document of `--data` is held out (split by document).
+    #[arg(long, num_args = 1..)]
+    pub heldout: Vec<PathBuf>,
+    /// Directory to write the expert package into (`expert.safetensors`, `manifest.json`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 300)]
+    pub steps: u64,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW, warm-up then cosine decay).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Tokens per training sequence (capped at the anchor's context length).
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Seed of batch sampling; the same seed, data and settings give the same expert.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Report held-out loss every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: u64,
+    /// Backend selection.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// `contributor-agent merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The anchor checkpoint directory.
+    #[arg(long)]
+    pub anchor: PathBuf,
+    /// Expert packages, in the order they take as experts 1..n (expert 0 is the public FFN).
+    #[arg(long, num_args = 1..)]
+    pub expert: Vec<PathBuf>,
+    /// Experts each token is routed to.
+    #[arg(long, default_value_t = DEFAULT_TOP_K)]
+    pub top_k: usize,
+    /// Output checkpoint directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `contributor-agent soup`.
+#[derive(Args, Debug)]
+pub struct SoupArgs {
+    /// The anchor checkpoint directory.
+    #[arg(long)]
+    pub anchor: PathBuf,
+    /// Expert packages to average with the public FFN.
+    #[arg(long, required = true, num_args = 1..)]
+    pub expert: Vec<PathBuf>,
+    /// Output checkpoint directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `contributor-agent evaluate`.
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// A `flex_olmo` checkpoint directory (merged model or anchor).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Expert packages merged onto `--model` in memory (then `--model` must be the anchor).
+    #[arg(long, num_args = 1..)]
+    pub expert: Vec<PathBuf>,
+    /// Run only these experts, e.g. `0,2` (0 is the public expert).
+    #[arg(long, value_parser = parse_expert_list)]
+    pub experts: Option<Vec<usize>>,
+    /// Experts per token (default: the checkpoint's setting; capped at the number of experts).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Text to score: `.txt`, `.jsonl` with a `text` field, or directories.
+    #[arg(long, required = true, num_args = 1..)]
+    pub text: Vec<PathBuf>,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Backend selection.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+fn ensure_fresh_dir(out: &Path) -> Result<()> {
+    if out.join("manifest.json").exists() || out.join("model.safetensors").exists() {
+        bail!(
+            "{} already holds a model or an expert; choose another --out or remove it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `train`.
+pub fn train(a: &TrainArgs) -> Result<()> {
+    ensure_fresh_dir(&a.out)?;
+    let device = device_for(&a.backend.backend)?;
+    let anchor = Checkpoint::load(&a.anchor)
+        .with_context(|| format!("loading anchor {}", a.anchor.display()))?;
+    let digest = anchor_digest(&a.anchor)?;
+    let tok = text::tokenizer(&a.anchor)?;
+    let docs = text::documents(&a.data)?;
+    let (train_docs, held_docs) = if a.heldout.is_empty() {
+        text::split_heldout(docs, 20)
+    } else {
+        (docs, text::documents(&a.heldout)?)
+    };
+    let train_stream = text::stream(&train_docs, &tok)?;
+    let held_stream = if held_docs.is_empty() {
+        None
+    } else {
+        Some(text::stream(&held_docs, &tok)?)
+    };
+    eprintln!(
+        "training an expert on {} documents ({} tokens); {} held-out documents ({} tokens)",
+        train_docs.len(),
+        train_stream.len(),
+        held_docs.len(),
+        held_stream.as_ref().map_or(0, Vec::len)
+    );
+    let opts = TrainOptions {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        lr: a.lr,
+        seed: a.seed,
+        eval_every: a.eval_every,
+        ..TrainOptions::default()
+    };
+    let bar = training_bar(a.steps, "expert");
+    let mut smooth = None;
+    let pkg = train_expert(
+        &anchor,
+        &digest,
+        &train_stream,
+        held_stream.as_deref(),
+        &opts,
+        &device,
+        &mut |s| on_step(&bar, s, &mut smooth),
+    )?;
+    bar.finish();
+    pkg.save(&a.out)?;
+    let t = &pkg.manifest.training;
+    eprintln!("wrote expert {} to {}", pkg.digest(), a.out.display());
+    if let (Some(h), Some(base)) = (t.heldout_loss, t.anchor_heldout_loss) {
+        eprintln!(
+            "held-out perplexity: anchor {:.2} -> with expert {:.2} ({:+.1}%)",
+            base.exp(),
+            h.exp(),
+            100.0 * (h.exp() / base.exp() - 1.0)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `merge`.
+pub fn merge_cmd(a: &MergeArgs) -> Result<()> {
+    ensure_fresh_dir(&a.out)?;
+    let anchor = Checkpoint::load(&a.anchor)
+        .with_context(|| format!("loading anchor {}", a.anchor.display()))?;
+    let digest = anchor_digest(&a.anchor)?;
+    let pkgs = load_experts(&a.expert)?;
+    let merged = merge(&anchor, &digest, &pkgs, a.top_k)?;
+    merged.save(&a.out, Some(&a.anchor))?;
+    eprintln!(
+        "wrote {} with {} experts (0 = public{}), top-k {}",
+        a.out.display(),
+        merged.config.num_experts,
+        pkgs.iter()
+            .enumerate()
+            .map(|(i, p)| format!(", {} = {}", i + 1, &p.digest()[..12]))
+            .collect::<String>(),
+        merged.config.num_experts_per_tok
+    );
+    Ok(())
+}
+
+/// Runs `soup`.
+pub fn soup_cmd(a: &SoupArgs) -> Result<()> {
+    ensure_fresh_dir(&a.out)?;
+    let anchor = Checkpoint::load(&a.anchor)
+        .with_context(|| format!("loading anchor {}", a.anchor.display()))?;
+    let digest = anchor_digest(&a.anchor)?;
+    let pkgs = load_experts(&a.expert)?;
+    soup(&anchor, &digest, &pkgs)?.save(&a.out, Some(&a.anchor))?;
+    eprintln!(
+        "wrote the {}-way FFN average to {}",
+        pkgs.len() + 1,
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// How to score text: window length, batch and backend.
+#[derive(Clone, Debug)]
+pub struct EvalSettings {
+    /// Tokens per window (capped at the model's context).
+    pub seq_len: usize,
+    /// Windows per forward pass.
+    pub batch_size: usize,
+    /// Compute backend.
+    pub backend: String,
+}
+
+/// Reads and tokenizes `files` with the tokenizer stored in `tok_dir`.
+pub fn load_stream(tok_dir: &Path, files: &[PathBuf]) -> Result<Vec<u32>> {
+    let tok = text::tokenizer(tok_dir)?;
+    let docs = text::documents(files)?;
+    text::stream(&docs, &tok)
+}
+
+/// Scores a token stream with a checkpoint; shared by `evaluate` and the experiment.
+pub fn score(
+    ckpt: &Checkpoint,
+    stream: &[u32],
+    s: &EvalSettings,
+    label: Option<&str>,
+) -> Result<EvalReport> {
+    let device = device_for(&s.backend)?;
+    let model = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, &device)?;
+    let seq_len = s.seq_len.min(ckpt.config.max_position_embeddings);
+    let bar = label.map_or_else(indicatif::ProgressBar::hidden, eval_bar);
+    let report = evaluate(&model, stream, seq_len, s.batch_size, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+#[derive(Serialize)]
+struct EvaluateOutput<'a> {
+    tokens: u64,
+    nll: f64,
+    perplexity: f64,
+    num_experts: usize,
+    top_k: usize,
+    routing: &'a [Vec<f64>],
+}
+
+/// Runs `evaluate`.
+pub fn evaluate_cmd(a: &EvaluateArgs) -> Result<()> {
+    let ckpt = assemble(&a.model, &a.expert, a.experts.as_deref(), a.top_k)?;
+    let stream = load_stream(&a.model, &a.text)?;
+    let settings = EvalSettings {
+        seq_len: a.seq_len,
+        batch_size: a.batch_size,
+        backend: a.backend.backend.clone(),
+    };
+    let r = score(&ckpt, &stream, &settings, (!a.json).then_some("evaluate"))?;
+    if a.json {
+        let out = EvaluateOutput {
+            tokens: r.tokens,
+            nll: r.nll,
+            perplexity: r.perplexity,
+            num_experts: ckpt.config.num_experts,
+            top_k: ckpt.config.num_experts_per_tok,
+            routing: &r.routing,
+        };
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!("tokens      {}", r.tokens);
+    println!("nll         {:.5} nats/token", r.nll);
+    println!("perplexity  {:.4}", r.perplexity);
+    println!(
+        "experts     {} (top-k {})",
+        ckpt.config.num_experts, ckpt.config.num_experts_per_tok
+    );
+    println!("routing share per layer (expert 0 = public):");
+    for (l, shares) in r.routing.iter().enumerate() {
+        let cells: Vec<String> = shares
+            .iter()
+            .enumerate()
+            .map(|(e, s)| format!("{e}:{:5.1}%", 100.0 * s))
+            .collect();
+        println!("  layer {l}: {}", cells.join("  "));
+    }
+    Ok(())
+}

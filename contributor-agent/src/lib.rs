@@ -1,0 +1,13 @@
+//! The contributor agent's commands, as a library so that tests drive them directly.
+//!
+//! - [`commands`]: `train`, `merge`, `soup`, `evaluate`.
+//! - [`experiment`]: the FlexOlmo comparison across domains.
+//! - [`assemble`]: building the model a command runs (merge in memory, expert subsets).
+//! - [`text`]: reading the owner's files into token streams.
+//! - [`progress`]: progress bars.
+
+pub mod assemble;
+pub mod commands;
+pub mod experiment;
+pub mod progress;
+pub mod text;

@@ -1,0 +1,296 @@
+//! `coordinator anchor pretrain`: the operator pretrains the dense public anchor.
+//!
+//! The run is seeded, shows a progress bar (tokens/s, loss, ETA), evaluates on
+//! held-out public text periodically, saves a resumable state every
+//! `--checkpoint-every` steps, computes the public router row `r_pub` per
+//! layer at the end, and writes `recipe.json` beside the weights: the exact
+//! command, the data and tokenizer digests, the steps and the final loss.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tributary_corpus::{TextTokenizer, read_documents, token_stream};
+use tributary_model::FlexOlmoConfig;
+use tributary_model::checkpoint::{copy_tokenizer, file_sha256};
+use tributary_model::device::device_for;
+use tributary_model::objective::TrainOptions;
+use tributary_model::pretrain::{
+    PretrainRun, init_anchor, load_resume, pretrain, set_public_router,
+};
+
+/// Arguments of `coordinator anchor pretrain`.
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// Public training text (`.txt`, `.jsonl` with `text`, or directories).
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Public held-out text, evaluated periodically and at the end.
+    #[arg(long, num_args = 1..)]
+    pub heldout: Vec<PathBuf>,
+    /// Directory holding `tokenizer.json` (and its config files).
+    #[arg(long, default_value = "data/tokenizer")]
+    pub tokenizer: PathBuf,
+    /// Output checkpoint directory (also holds the resumable state under `resume/`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Residual width.
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    /// Decoder layers.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// SwiGLU width of the FFN.
+    #[arg(long, default_value_t = 344)]
+    pub intermediate: usize,
+    /// Context length (max_position_embeddings) and training sequence length.
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// RoPE base.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rope_theta: f64,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: u64,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    /// Decoupled weight decay on matrices.
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Seed of initialisation and batch sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluate on held-out text every this many steps.
+    #[arg(long, default_value_t = 250)]
+    pub eval_every: u64,
+    /// Save a resumable state every this many steps (0: never).
+    #[arg(long, default_value_t = 250)]
+    pub checkpoint_every: u64,
+    /// Continue from the state saved in `--out/resume`.
+    #[arg(long)]
+    pub resume: bool,
+    /// Compute backend.
+    #[arg(long, env = "TRIBUTARY_BACKEND", default_value = "flex")]
+    pub backend: String,
+}
+
+#[derive(Serialize)]
+struct Recipe {
+    command: String,
+    config: FlexOlmoConfig,
+    data: Vec<FileDigest>,
+    heldout: Vec<FileDigest>,
+    tokenizer_sha256: String,
+    train_tokens: usize,
+    heldout_tokens: usize,
+    steps: u64,
+    batch_size: usize,
+    seq_len: usize,
+    lr: f64,
+    warmup: u64,
+    weight_decay: f64,
+    seed: u64,
+    final_heldout_loss: Option<f64>,
+    final_heldout_perplexity: Option<f64>,
+    model_sha256: String,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct FileDigest {
+    path: String,
+    sha256: String,
+}
+
+fn digests(paths: &[PathBuf]) -> Result<Vec<FileDigest>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_file() {
+            out.push(FileDigest {
+                path: p.display().to_string(),
+                sha256: file_sha256(p)?,
+            });
+        } else {
+            out.push(FileDigest {
+                path: p.display().to_string(),
+                sha256: "directory".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn tokens(paths: &[PathBuf], tok: &TextTokenizer) -> Result<Vec<u32>> {
+    let docs = read_documents(paths).context("reading text")?;
+    token_stream(&docs, tok).context("tokenizing")
+}
+
+/// Runs `coordinator anchor pretrain`.
+pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let device = device_for(&a.backend)?;
+    let tok = TextTokenizer::load(&a.tokenizer)
+        .with_context(|| format!("loading tokenizer {}", a.tokenizer.display()))?;
+    let train = tokens(&a.data, &tok)?;
+    let held = if a.heldout.is_empty() {
+        Vec::new()
+    } else {
+        tokens(&a.heldout, &tok)?
+    };
+    eprintln!(
+        "public text: {} training tokens, {} held-out tokens",
+        train.len(),
+        held.len()
+    );
+
+    let mut config = FlexOlmoConfig::new(
+        tok.vocab_size(),
+        a.hidden,
+        a.intermediate,
+        a.layers,
+        a.heads,
+        1,
+        1,
+        a.context,
+    );
+    config.set_rope_theta(a.rope_theta);
+    config.eos_token_id = Some(tok.eos_id());
+    config.pad_token_id = Some(tok.eos_id());
+    let opts = TrainOptions {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        seq_len: a.context,
+        lr: a.lr,
+        warmup: a.warmup,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+        z_loss_weight: 0.0,
+        eval_every: a.eval_every,
+        eval_tokens: 65_536,
+    };
+    let (start, resume) = if a.resume {
+        match load_resume(&a.out)? {
+            Some((ckpt, moments, state)) => {
+                if ckpt.config != config {
+                    bail!(
+                        "the saved state in {} was made with another model configuration",
+                        a.out.display()
+                    );
+                }
+                eprintln!("resuming at step {} of {}", state.step, state.total_steps);
+                (ckpt, Some((moments, state)))
+            }
+            None => bail!(
+                "--resume given but {} holds no saved state",
+                a.out.join("resume").display()
+            ),
+        }
+    } else {
+        if a.out.join("model.safetensors").exists() {
+            bail!(
+                "{} already holds a model; pass --resume to continue or choose another --out",
+                a.out.display()
+            );
+        }
+        (init_anchor(&config, a.seed)?, None)
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let bar = ProgressBar::new(a.steps);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "anchor [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if let Some((_, s)) = &resume {
+        bar.set_position(s.step);
+    }
+    let mut smooth: Option<f64> = None;
+    let run = PretrainRun {
+        start,
+        resume,
+        opts: opts.clone(),
+        out_dir: Some(&a.out),
+        checkpoint_every: a.checkpoint_every,
+        tokenizer_dir: Some(&a.tokenizer),
+    };
+    let held_ref = (!held.is_empty()).then_some(held.as_slice());
+    let (mut ckpt, final_loss) = pretrain(run, &train, held_ref, &device, &mut |s| {
+        let v = smooth.map_or(s.loss, |p| 0.95 * p + 0.05 * s.loss);
+        smooth = Some(v);
+        bar.set_position(s.step);
+        let msg = format!("loss {v:.3}  {:.0} tok/s", s.tokens_per_s);
+        if bar.is_hidden() && (s.step % (s.total / 20).max(1) == 0 || s.step == s.total) {
+            eprintln!("step {}/{}: {msg}", s.step, s.total);
+        }
+        bar.set_message(msg);
+        if let Some(e) = s.eval_loss {
+            let line = format!(
+                "step {}: held-out loss {e:.4} (perplexity {:.2})",
+                s.step,
+                e.exp()
+            );
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            }
+            bar.println(line);
+        }
+    })?;
+    bar.finish();
+    eprintln!("computing the public router row r_pub");
+    set_public_router(&mut ckpt, &train, a.context, 262_144, &device)?;
+    ckpt.save(&a.out, Some(&a.tokenizer))?;
+    let resume_dir = a.out.join(tributary_model::pretrain::RESUME_DIR);
+    if resume_dir.exists() {
+        std::fs::remove_dir_all(&resume_dir)
+            .with_context(|| format!("removing {}", resume_dir.display()))?;
+    }
+    copy_tokenizer(&a.tokenizer, &a.out)?;
+    let recipe = Recipe {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        config: ckpt.config.clone(),
+        data: digests(&a.data)?,
+        heldout: digests(&a.heldout)?,
+        tokenizer_sha256: file_sha256(&a.tokenizer.join("tokenizer.json"))?,
+        train_tokens: train.len(),
+        heldout_tokens: held.len(),
+        steps: a.steps,
+        batch_size: a.batch_size,
+        seq_len: a.context,
+        lr: a.lr,
+        warmup: a.warmup,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+        final_heldout_loss: final_loss,
+        final_heldout_perplexity: final_loss.map(f64::exp),
+        model_sha256: file_sha256(&a.out.join("model.safetensors"))?,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_json(&a.out.join("recipe.json"), &recipe)?;
+    match final_loss {
+        Some(l) => eprintln!(
+            "wrote anchor to {} (held-out loss {l:.4}, perplexity {:.2})",
+            a.out.display(),
+            l.exp()
+        ),
+        None => eprintln!("wrote anchor to {}", a.out.display()),
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
