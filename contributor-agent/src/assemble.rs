@@ -51,13 +51,18 @@ pub fn assemble(
     Ok(ckpt)
 }
 
+/// A list of expert indices given as `0,2,3` on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpertList(pub Vec<usize>);
+
 /// Parses `0,2,3` into expert indices.
-pub fn parse_expert_list(s: &str) -> Result<Vec<usize>, String> {
+pub fn parse_expert_list(s: &str) -> Result<ExpertList, String> {
     s.split(',')
         .map(|p| {
             p.trim()
                 .parse::<usize>()
                 .map_err(|_| format!("{p:?} is not an expert index (expected e.g. 0,2,3)"))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .map(ExpertList)
 }

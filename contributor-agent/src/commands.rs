@@ -12,7 +12,9 @@ use tributary_model::merge::{merge, soup};
 use tributary_model::objective::TrainOptions;
 use tributary_model::{Checkpoint, FlexOlmo};
 
-use crate::assemble::{DEFAULT_TOP_K, anchor_digest, assemble, load_experts, parse_expert_list};
+use crate::assemble::{
+    DEFAULT_TOP_K, ExpertList, anchor_digest, assemble, load_experts, parse_expert_list,
+};
 use crate::progress::{eval_bar, on_step, training_bar};
 use crate::text;
 
@@ -106,7 +108,7 @@ pub struct EvaluateArgs {
     pub expert: Vec<PathBuf>,
     /// Run only these experts, e.g. `0,2` (0 is the public expert).
     #[arg(long, value_parser = parse_expert_list)]
-    pub experts: Option<Vec<usize>>,
+    pub experts: Option<ExpertList>,
     /// Experts per token (default: the checkpoint's setting; capped at the number of experts).
     #[arg(long)]
     pub top_k: Option<usize>,
@@ -286,7 +288,12 @@ struct EvaluateOutput<'a> {
 
 /// Runs `evaluate`.
 pub fn evaluate_cmd(a: &EvaluateArgs) -> Result<()> {
-    let ckpt = assemble(&a.model, &a.expert, a.experts.as_deref(), a.top_k)?;
+    let ckpt = assemble(
+        &a.model,
+        &a.expert,
+        a.experts.as_ref().map(|e| e.0.as_slice()),
+        a.top_k,
+    )?;
     let stream = load_stream(&a.model, &a.text)?;
     let settings = EvalSettings {
         seq_len: a.seq_len,

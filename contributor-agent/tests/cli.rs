@@ -1,0 +1,268 @@
+//! End-to-end tests of the `contributor-agent` binary on a tiny anchor built
+//! with the committed tokenizer: train, merge, evaluate (with in-memory merges
+//! and expert subsets), soup, and the errors a user meets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use tributary_corpus::{TextTokenizer, read_documents, token_stream};
+use tributary_model::FlexOlmoConfig;
+use tributary_model::pretrain::{init_anchor, set_public_router};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn slice(domain: &str) -> PathBuf {
+    repo()
+        .join("data/slices")
+        .join(domain)
+        .join("heldout.jsonl")
+}
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_contributor-agent"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = agent(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str], needle: &str) {
+    let out = agent(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in {err}"
+    );
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A 2-layer, 32-wide anchor over the real 4096-token vocabulary.
+fn tiny_anchor(dir: &Path) {
+    let tok_dir = repo().join("data/tokenizer");
+    let tok = TextTokenizer::load(&tok_dir).unwrap();
+    let config = FlexOlmoConfig::new(tok.vocab_size(), 32, 48, 2, 2, 1, 1, 64);
+    let mut anchor = init_anchor(&config, 5).unwrap();
+    let docs = read_documents(&[slice("public")]).unwrap();
+    let stream = token_stream(&docs, &tok).unwrap();
+    set_public_router(&mut anchor, &stream, 64, 4096, &Device::flex()).unwrap();
+    anchor.save(dir, Some(&tok_dir)).unwrap();
+}
+
+fn perplexity(json: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert!(v["tokens"].as_u64().unwrap() > 1000);
+    assert!(v["nll"].as_f64().unwrap().is_finite());
+    v["perplexity"].as_f64().unwrap()
+}
+
+#[test]
+fn train_merge_evaluate_and_opt_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let anchor = tmp.path().join("anchor");
+    tiny_anchor(&anchor);
+    let expert = tmp.path().join("expert");
+    let code = slice("code");
+    let train_args = [
+        "train",
+        "--anchor",
+        p(&anchor),
+        "--data",
+        p(&code),
+        "--out",
+        p(&expert),
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--eval-every",
+        "0",
+    ];
+    ok(&train_args);
+    assert!(expert.join("expert.safetensors").is_file() && expert.join("manifest.json").is_file());
+    fails(&train_args, "already holds");
+
+    let merged = tmp.path().join("merged");
+    ok(&[
+        "merge",
+        "--anchor",
+        p(&anchor),
+        "--expert",
+        p(&expert),
+        "--out",
+        p(&merged),
+    ]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["num_experts"], 2);
+    assert_eq!(config["num_experts_per_tok"], 2);
+    assert_eq!(config["model_type"], "flex_olmo");
+    assert!(merged.join("tokenizer.json").is_file());
+
+    let text = slice("literature");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["evaluate", "--json", "--seq-len", "32", "--text", p(&text)];
+        args.extend_from_slice(extra);
+        perplexity(&ok(&args))
+    };
+    let anchor_ppl = eval(&["--model", p(&anchor)]);
+    let merged_ppl = eval(&["--model", p(&merged)]);
+    // Opting out of the only contributed expert gives the anchor back exactly.
+    assert_eq!(eval(&["--model", p(&merged), "--experts", "0"]), anchor_ppl);
+    // Merging in memory equals merging on disk.
+    assert_eq!(
+        eval(&["--model", p(&anchor), "--expert", p(&expert)]),
+        merged_ppl
+    );
+    assert!(anchor_ppl > 1.0 && merged_ppl > 1.0);
+
+    // The table form names the routing shares.
+    let table = ok(&[
+        "evaluate",
+        "--model",
+        p(&merged),
+        "--seq-len",
+        "32",
+        "--text",
+        p(&text),
+    ]);
+    assert!(
+        table.contains("perplexity") && table.contains("layer 1:"),
+        "{table}"
+    );
+
+    let soup = tmp.path().join("soup");
+    ok(&[
+        "soup",
+        "--anchor",
+        p(&anchor),
+        "--expert",
+        p(&expert),
+        "--out",
+        p(&soup),
+    ]);
+    assert!(eval(&["--model", p(&soup)]).is_finite());
+}
+
+#[test]
+fn clear_errors_for_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let anchor = tmp.path().join("anchor");
+    tiny_anchor(&anchor);
+    let text = slice("math");
+    fails(
+        &[
+            "evaluate",
+            "--model",
+            p(&tmp.path().join("nope")),
+            "--text",
+            p(&text),
+        ],
+        "config.json",
+    );
+    fails(
+        &[
+            "evaluate",
+            "--model",
+            p(&anchor),
+            "--experts",
+            "0,7",
+            "--text",
+            p(&text),
+        ],
+        "does not exist",
+    );
+    fails(
+        &[
+            "evaluate",
+            "--model",
+            p(&anchor),
+            "--experts",
+            "zero",
+            "--text",
+            p(&text),
+        ],
+        "not an expert index",
+    );
+    fails(
+        &[
+            "evaluate",
+            "--model",
+            p(&anchor),
+            "--text",
+            p(&tmp.path().join("missing.txt")),
+        ],
+        "missing.txt",
+    );
+    fails(
+        &[
+            "train",
+            "--anchor",
+            p(&anchor),
+            "--data",
+            p(&text),
+            "--out",
+            p(&tmp.path().join("e")),
+            "--backend",
+            "quantum",
+        ],
+        "not available",
+    );
+
+    // An expert whose manifest names another anchor is refused at merge.
+    let expert = tmp.path().join("expert");
+    ok(&[
+        "train",
+        "--anchor",
+        p(&anchor),
+        "--data",
+        p(&text),
+        "--out",
+        p(&expert),
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "16",
+        "--eval-every",
+        "0",
+    ]);
+    let mpath = expert.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    manifest["anchor_digest"] = serde_json::Value::from("ab".repeat(32));
+    std::fs::write(&mpath, manifest.to_string()).unwrap();
+    fails(
+        &[
+            "merge",
+            "--anchor",
+            p(&anchor),
+            "--expert",
+            p(&expert),
+            "--out",
+            p(&tmp.path().join("m")),
+        ],
+        "trained against anchor",
+    );
+}
