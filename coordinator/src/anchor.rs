@@ -259,7 +259,10 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
     }
     copy_tokenizer(&a.tokenizer, &a.out)?;
     let recipe = Recipe {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: std::iter::once("coordinator".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
         config: ckpt.config.clone(),
         data: digests(&a.data)?,
         heldout: digests(&a.heldout)?,

@@ -10,12 +10,13 @@ AutoTokenizer.from_pretrained(DIR) (a tokenizer.json is enough, see NOTES.md).
 Exact convention (the Rust evaluator implements the same):
 
 1. Token stream.  For each file, in the order given on the command line, read
-   it as UTF-8 and append  encode(text) + [eos]  where encode is the tokenizer
+   it as UTF-8 and append  encode(text), with [eos] between files (not after the
+   last one; each plain-text file is one document), where encode is the tokenizer
    without added special tokens (add_special_tokens=False; a literal
    "<|endoftext|>" inside the text is still matched as that special token, as
    the `tokenizers` library does) and eos is the id of the token
-   "<|endoftext|>".  So every file, including the last one, is followed by one
-   EOS.  Call the result t[0..N).
+   "<|endoftext|>".  This is the Rust token_stream: documents joined by EOS.
+   Call the result t[0..N).
 
 2. Windows.  Non-overlapping in predictions, stride seq_len: window w covers
    t[w*S .. min(w*S + S + 1, N)) (S = seq_len), i.e. up to S+1 tokens; the model
@@ -53,14 +54,15 @@ EOS_TOKEN = "<|endoftext|>"
 
 def build_stream(tokenizer, files):
     eos = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-    if eos is None or eos == tokenizer.unk_token_id or not isinstance(eos, int):
+    if not isinstance(eos, int) or tokenizer.convert_ids_to_tokens(eos) != EOS_TOKEN:
         sys.exit(f"tokenizer has no {EOS_TOKEN} token")
     tokens = []
-    for path in files:
+    for i, path in enumerate(files):
         with open(path, encoding="utf-8") as f:
             text = f.read()
+        if i > 0:
+            tokens.append(eos)
         tokens.extend(tokenizer.encode(text, add_special_tokens=False))
-        tokens.append(eos)
     return tokens
 
 
