@@ -44,7 +44,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Optimiser steps.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 200)]
     pub steps: u64,
     /// Sequences per step.
     #[arg(long, default_value_t = 8)]

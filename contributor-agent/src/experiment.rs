@@ -42,7 +42,7 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub reuse: bool,
     /// Training steps per expert.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 200)]
     pub steps: u64,
     /// Sequences per step.
     #[arg(long, default_value_t = 8)]

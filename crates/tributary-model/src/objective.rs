@@ -37,7 +37,7 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
-            steps: 300,
+            steps: 200,
             batch_size: 8,
             seq_len: 256,
             lr: 2e-3,
