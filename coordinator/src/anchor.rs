@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tributary_corpus::{TextTokenizer, read_documents, token_stream};
+use tributary_corpus::{TextTokenizer, read_documents, spread_sample, token_stream};
 use tributary_model::FlexOlmoConfig;
 use tributary_model::checkpoint::{copy_tokenizer, file_sha256};
 use tributary_model::device::device_for;
@@ -20,6 +20,7 @@ use tributary_model::objective::TrainOptions;
 use tributary_model::pretrain::{
     PretrainRun, init_anchor, load_resume, pretrain, set_public_router,
 };
+use tributary_model::router::CALIBRATION_FILE;
 
 /// Arguments of `coordinator anchor pretrain`.
 #[derive(Args, Debug)]
@@ -137,6 +138,10 @@ fn tokens(paths: &[PathBuf], tok: &TextTokenizer) -> Result<Vec<u32>> {
     token_stream(&docs, tok).context("tokenizing")
 }
 
+/// Size of the public text sample written beside the anchor for contributors'
+/// router calibration.
+pub const CALIBRATION_BYTES: usize = 192 * 1024;
+
 /// Runs `coordinator anchor pretrain`.
 pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
     let started = std::time::Instant::now();
@@ -179,6 +184,7 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         z_loss_weight: 0.0,
         eval_every: a.eval_every,
         eval_tokens: 65_536,
+        ..TrainOptions::default()
     };
     let (start, resume) = if a.resume {
         match load_resume(&a.out)? {
@@ -258,6 +264,10 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
             .with_context(|| format!("removing {}", resume_dir.display()))?;
     }
     copy_tokenizer(&a.tokenizer, &a.out)?;
+    let docs = read_documents(&a.data).context("reading text")?;
+    let sample = a.out.join(CALIBRATION_FILE);
+    std::fs::write(&sample, spread_sample(&docs, CALIBRATION_BYTES))
+        .with_context(|| format!("writing {}", sample.display()))?;
     let recipe = Recipe {
         command: std::iter::once("coordinator".to_owned())
             .chain(std::env::args().skip(1))

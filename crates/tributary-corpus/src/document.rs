@@ -292,3 +292,50 @@ mod tests {
         ));
     }
 }
+
+/// Up to `max_bytes` of text made of whole documents spread evenly over `docs`
+/// (every `k`-th document, `k` chosen so that the sample covers the corpus),
+/// separated by blank lines. Deterministic: the anchor ships such a sample of
+/// its public corpus for router calibration.
+pub fn spread_sample(docs: &[Document], max_bytes: usize) -> String {
+    let total: usize = docs.iter().map(|d| d.text.len()).sum();
+    let stride = (total / max_bytes.max(1)).max(1);
+    let mut out = String::new();
+    for d in docs.iter().step_by(stride) {
+        if !out.is_empty() && out.len() + 2 + d.text.len() > max_bytes {
+            break;
+        }
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str(&d.text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::{Document, spread_sample};
+
+    fn doc(i: usize) -> Document {
+        Document {
+            id: i.to_string(),
+            text: format!("document {i:03}"),
+        }
+    }
+
+    #[test]
+    fn spread_sample_takes_whole_documents_across_the_corpus() {
+        let docs: Vec<Document> = (0..100).map(doc).collect();
+        let s = spread_sample(&docs, 130);
+        assert!(s.len() <= 130);
+        assert!(s.starts_with("document 000\n\n"));
+        // 1200 bytes of text for 130 bytes of sample: every 9th document.
+        assert!(s.contains("document 009") && !s.contains("document 001"));
+        assert_eq!(
+            spread_sample(&docs, 100_000).matches("document").count(),
+            100
+        );
+        assert_eq!(spread_sample(&[], 10), "");
+    }
+}
