@@ -66,6 +66,7 @@ fn main() {
         "bench",
         &stream,
         None,
+        None,
         &opts,
         &Device::flex(),
         &mut |s| {

@@ -61,6 +61,14 @@ pub struct TrainingMetadata {
     pub data_tokens: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Router calibration: share of the contributor's sampled tokens on which the
+    /// final router row beats `r_pub` (mean over layers), when calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_own_positive: Option<f64>,
+    /// Router calibration: share of sampled public tokens on which it beats
+    /// `r_pub` (should be small), when calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_public_positive: Option<f64>,
 }
 
 /// `manifest.json` of an expert package.

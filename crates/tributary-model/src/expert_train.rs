@@ -7,8 +7,15 @@
 //! A learned scalar `b_i` per layer is added as `min(b_i, 0)` to the own expert's
 //! router logit during training and dropped at merge. Only the own FFN, `r_i`
 //! and `b_i` receive updates: embeddings, attention, norms and the LM head are
-//! the anchor's tensors, never written. `r_i` starts as the mean router input
-//! of the anchor over the contributor's data (domain-informed initialisation).
+//! the anchor's tensors, never written.
+//!
+//! Router initialisation is domain-informed. With a public calibration sample
+//! (the normal case, see [`crate::router`]), `r_i = r_pub + w` where `w` is
+//! fitted to separate the anchor's router inputs on the contributor's text from
+//! those on public text, and that separation stays a term of the objective.
+//! Without one, `r_i` starts as the mean router input of the anchor over the
+//! contributor's data, which trains a good 2-expert model but a row that is not
+//! comparable with other contributors' rows after merging.
 
 use std::time::Instant;
 
@@ -20,8 +27,11 @@ use crate::error::ModelError;
 use crate::expert::{ExpertPackage, TrainingMetadata};
 use crate::model::{Ffn, FlexOlmo, Trace, to_host, to_host_transposed};
 use crate::names;
-use crate::objective::{StepInfo, TrainOptions, heldout_loss, lm_loss, sample_batch};
+use crate::objective::{
+    StepInfo, TrainOptions, heldout_loss, lm_loss_traced, sample_batch, z_loss,
+};
 use crate::optim::{AdamW, AdamWConfig, Param, schedule};
+use crate::router::{CalibrationSet, fit_offsets, positive_share, router_features};
 use crate::weights::{HostTensor, TensorMap};
 
 /// Mean router input of every layer of `model` over up to `max_tokens` of `stream`.
@@ -100,12 +110,15 @@ fn two_expert_model(base: &FlexOlmo, ps: &ExpertParams, detach: bool) -> FlexOlm
 }
 
 /// Trains an expert for `anchor` on `train` tokens; `heldout` tokens, when given,
-/// are scored by the anchor and by the final 2-expert model.
+/// are scored by the anchor and by the final 2-expert model; `public` tokens,
+/// when given, calibrate the router row against public text.
+#[allow(clippy::too_many_arguments)]
 pub fn train_expert(
     anchor: &Checkpoint,
     anchor_digest: &str,
     train: &[u32],
     heldout: Option<&[u32]>,
+    public: Option<&[u32]>,
     opts: &TrainOptions,
     device: &Device,
     progress: &mut dyn FnMut(&StepInfo),
@@ -130,10 +143,39 @@ pub fn train_expert(
         )?),
         None => None,
     };
-    let r_init = mean_router_inputs(&base, train, seq_len, 65_536)?;
+    let h = anchor.config.hidden_size;
+    let r_pub: Vec<Vec<f32>> = base
+        .layers
+        .iter()
+        .map(|layer| to_host(layer.router.clone().inner()).data)
+        .collect();
+    let mut calibration = None;
+    let r_init = match public {
+        Some(public) => {
+            let plain = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, device)?;
+            let own = router_features(&plain, train, seq_len, opts.calibration_tokens)?;
+            let public = router_features(&plain, public, seq_len, opts.calibration_tokens)?;
+            let fits = fit_offsets(&own, &public, opts.router_l2, opts.router_margin, device)?;
+            let rows = fits
+                .iter()
+                .zip(&r_pub)
+                .map(|(f, r)| r.iter().zip(&f.offset).map(|(a, b)| a + b).collect())
+                .collect();
+            calibration = Some((
+                CalibrationSet::new(&own, &public, 2048, opts.router_l2, opts.router_margin, &ad),
+                own,
+                public,
+            ));
+            rows
+        }
+        None => mean_router_inputs(&base, train, seq_len, 65_536)?,
+    };
+    let r_pub_dev: Vec<Tensor<2>> = r_pub
+        .iter()
+        .map(|r| Tensor::from_data(burn::tensor::TensorData::new(r.clone(), [h, 1]), &ad))
+        .collect();
     let mut params = Vec::with_capacity(4 * base.layers.len());
     for (l, layer) in base.layers.iter().enumerate() {
-        let h = anchor.config.hidden_size;
         let public = &layer.experts[0];
         params.push(Param::new(public.gate_up.clone(), true, &ad));
         params.push(Param::new(public.down.clone(), true, &ad));
@@ -141,7 +183,7 @@ pub fn train_expert(
             burn::tensor::TensorData::new(r_init[l].clone(), [h, 1]),
             &ad,
         );
-        params.push(Param::new(r, false, &ad));
+        params.push(Param::new(r, false, &ad).with_lr_scale(opts.router_lr_scale));
         params.push(Param::new(Tensor::zeros([1, 1], &ad), false, &ad));
     }
     let mut ps = ExpertParams { params };
@@ -155,17 +197,33 @@ pub fn train_expert(
         let t0 = Instant::now();
         let windows = sample_batch(train, seq_len, opts.batch_size, opts.seed, step)?;
         let model = two_expert_model(&base, &ps, false);
-        let (ce, z) = lm_loss(&model, &windows, opts.batch_size, opts.z_loss_weight > 0.0)?;
+        let calibrating = calibration.is_some()
+            && opts.router_calibration_weight > 0.0
+            && opts.router_lr_scale > 0.0;
+        let mut trace = Trace {
+            keep_router_logits: opts.z_loss_weight > 0.0,
+            ..Trace::default()
+        };
+        let ce = lm_loss_traced(&model, &windows, opts.batch_size, &mut trace)?;
         let loss_value = f64::from(ce.clone().into_scalar::<f32>());
         if !loss_value.is_finite() {
             return Err(ModelError::Diverged(format!(
                 "loss is {loss_value} at step {step}"
             )));
         }
-        let total = match z {
+        let mut total = match z_loss(std::mem::take(&mut trace.router_logits)) {
             Some(z) => ce + z.mul_scalar(opts.z_loss_weight),
             None => ce,
         };
+        if calibrating && let Some((set, _, _)) = &calibration {
+            let offsets: Vec<Tensor<2>> = (0..base.layers.len())
+                .map(|l| ps.layer(l)[2].value.clone() - r_pub_dev[l].clone())
+                .collect();
+            total = total
+                + set
+                    .loss(&offsets)
+                    .mul_scalar(opts.router_calibration_weight);
+        }
         let grads = total.backward();
         let lr = schedule(opts.lr, step, opts.warmup, opts.steps);
         let grad_norm = opt.step(&mut ps.params, &grads, lr)?;
@@ -208,6 +266,19 @@ pub fn train_expert(
         )?),
         None => None,
     };
+    let (mut router_own_positive, mut router_public_positive) = (None, None);
+    if let Some((_, own, public)) = &calibration {
+        let (mut o, mut p) = (0.0, 0.0);
+        for (l, r_pub) in r_pub.iter().enumerate() {
+            let r = to_host(ps.layer(l)[2].value.clone().inner()).data;
+            let w: Vec<f32> = r.iter().zip(r_pub).map(|(a, b)| a - b).collect();
+            o += positive_share(&own.layers[l], h, &w);
+            p += positive_share(&public.layers[l], h, &w);
+        }
+        let n = base.layers.len().max(1) as f64;
+        router_own_positive = Some(o / n);
+        router_public_positive = Some(p / n);
+    }
     let mut tensors = TensorMap::new();
     let inter = anchor.config.intermediate_size;
     for l in 0..base.layers.len() {
@@ -237,6 +308,8 @@ pub fn train_expert(
         anchor_heldout_loss: anchor_heldout,
         data_tokens: train.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
+        router_own_positive,
+        router_public_positive,
     };
     ExpertPackage::new(&anchor.config, anchor_digest.to_owned(), tensors, training)
 }

@@ -17,6 +17,7 @@
 //! - [`optim`]: AdamW and the learning-rate schedule.
 //! - [`pretrain`]: anchor pretraining with checkpoint/resume.
 //! - [`expert_train`]: expert training.
+//! - [`router`]: router calibration against public text.
 //! - [`expert`]: expert packages and manifests.
 //! - [`merge`]: merge, expert subsets, model soup.
 //! - [`eval`]: perplexity and routing shares.
@@ -35,6 +36,7 @@ pub mod names;
 pub mod objective;
 pub mod optim;
 pub mod pretrain;
+pub mod router;
 pub mod weights;
 
 pub use checkpoint::Checkpoint;

@@ -140,6 +140,9 @@ pub struct Trace {
     pub route_counts: Option<Vec<Vec<u64>>>,
     /// Sum over tokens of each layer's router input, when `Some` (for router initialisation).
     pub router_input_sums: Option<Vec<Vec<f64>>>,
+    /// Every router input row per layer (`tokens × hidden`, row-major), when `Some`
+    /// (for router calibration).
+    pub router_inputs: Option<Vec<Vec<f32>>>,
 }
 
 /// A FlexOlmo causal language model on one device.
@@ -330,6 +333,13 @@ impl FlexOlmo {
             for (acc, v) in sums[l].iter_mut().zip(&s.data) {
                 *acc += f64::from(*v);
             }
+        }
+        if let Some(rows) = trace.router_inputs.as_mut() {
+            let h = to_host(x.clone());
+            if rows.len() <= l {
+                rows.resize(l + 1, Vec::new());
+            }
+            rows[l].extend_from_slice(&h.data);
         }
         let m = self.moe(l, layer, x.clone(), trace);
         x + rms_norm(m, &layer.post_feedforward_norm, eps)

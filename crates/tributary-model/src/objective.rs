@@ -32,6 +32,18 @@ pub struct TrainOptions {
     pub eval_every: u64,
     /// Held-out tokens scored per evaluation (a prefix of the held-out stream).
     pub eval_tokens: usize,
+    /// Expert training: weight of the router calibration term (see [`crate::router`]).
+    pub router_calibration_weight: f64,
+    /// Expert training: L2 regulariser of the calibrated router offset.
+    pub router_l2: f64,
+    /// Expert training: tokens of own and of public text sampled for the initial fit.
+    pub calibration_tokens: usize,
+    /// Expert training: required margin of the public expert's router logit over
+    /// the contributor's on public text (0: plain logistic calibration).
+    pub router_margin: f64,
+    /// Expert training: learning-rate multiplier of the router row `r_i`
+    /// (0 keeps the calibrated initial row).
+    pub router_lr_scale: f64,
 }
 
 impl Default for TrainOptions {
@@ -47,6 +59,11 @@ impl Default for TrainOptions {
             z_loss_weight: 1e-3,
             eval_every: 0,
             eval_tokens: 32_768,
+            router_calibration_weight: 1.0,
+            router_l2: 1e-2,
+            calibration_tokens: 16_384,
+            router_margin: 0.0,
+            router_lr_scale: 1.0,
         }
     }
 }
@@ -115,31 +132,47 @@ pub fn lm_loss(
     batch: usize,
     want_z: bool,
 ) -> Result<(Tensor<1>, Option<Tensor<1>>), ModelError> {
-    let (inputs, targets) = inputs_and_targets(windows, batch);
     let mut trace = Trace {
         keep_router_logits: want_z,
         ..Trace::default()
     };
-    let logits = model.logits(&inputs, batch, &mut trace)?;
-    let n = targets.len();
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device());
-    let ce = log_softmax(logits, 1).gather(1, idx).mean().neg();
+    let ce = lm_loss_traced(model, windows, batch, &mut trace)?;
     let z = if want_z {
-        let mut acc: Option<Tensor<1>> = None;
-        for logits in trace.router_logits {
-            let max = logits.clone().max_dim(1).detach();
-            let lse = (logits - max.clone()).exp().sum_dim(1).log() + max;
-            let term = lse.square().mean();
-            acc = Some(match acc {
-                Some(a) => a + term,
-                None => term,
-            });
-        }
-        acc
+        z_loss(std::mem::take(&mut trace.router_logits))
     } else {
         None
     };
     Ok((ce, z))
+}
+
+/// Mean next-token cross-entropy of `model` on `batch` windows, recording into `trace`.
+pub fn lm_loss_traced(
+    model: &FlexOlmo,
+    windows: &[u32],
+    batch: usize,
+    trace: &mut Trace,
+) -> Result<Tensor<1>, ModelError> {
+    let (inputs, targets) = inputs_and_targets(windows, batch);
+    let logits = model.logits(&inputs, batch, trace)?;
+    let n = targets.len();
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device());
+    Ok(log_softmax(logits, 1).gather(1, idx).mean().neg())
+}
+
+/// The router z-loss of recorded router logits: mean over tokens of
+/// `logsumexp(logits)²`, summed over layers; `None` without logits.
+pub fn z_loss(router_logits: Vec<Tensor<2>>) -> Option<Tensor<1>> {
+    let mut acc: Option<Tensor<1>> = None;
+    for logits in router_logits {
+        let max = logits.clone().max_dim(1).detach();
+        let lse = (logits - max.clone()).exp().sum_dim(1).log() + max;
+        let term = lse.square().mean();
+        acc = Some(match acc {
+            Some(a) => a + term,
+            None => term,
+        });
+    }
+    acc
 }
 
 /// Mean next-token loss (nats/token) on up to `max_tokens` of `stream`, without gradients.

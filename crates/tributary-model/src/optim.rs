@@ -56,6 +56,8 @@ pub struct Param {
     pub value: Tensor<2>,
     /// Whether weight decay applies.
     pub decay: bool,
+    /// Multiplier of the learning rate for this parameter (0 freezes it).
+    pub lr_scale: f64,
     m: Tensor<2>,
     v: Tensor<2>,
 }
@@ -68,9 +70,16 @@ impl Param {
         Self {
             value: plain.autodiff().require_grad(),
             decay,
+            lr_scale: 1.0,
             m: Tensor::zeros(dims, device).inner(),
             v: Tensor::zeros(dims, device).inner(),
         }
+    }
+
+    /// The same parameter with its learning rate multiplied by `scale`.
+    pub fn with_lr_scale(mut self, scale: f64) -> Self {
+        self.lr_scale = scale;
+        self
     }
 
     /// First and second moments, for checkpointing.
@@ -132,6 +141,10 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         for (p, g) in params.iter_mut().zip(gs) {
+            if p.lr_scale == 0.0 {
+                continue;
+            }
+            let lr = lr * p.lr_scale;
             let g = g.mul_scalar(scale);
             p.m = p.m.clone().mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
             p.v = p.v.clone().mul_scalar(c.beta2) + g.square().mul_scalar(1.0 - c.beta2);

@@ -65,11 +65,13 @@ fn quick_opts(steps: u64) -> TrainOptions {
 fn train(anchor: &Checkpoint, digest: &str, seed: u32, steps: u64) -> ExpertPackage {
     let data = stream(2_000, seed);
     let held = stream(300, seed + 100);
+    let public = stream(2_000, 1);
     train_expert(
         anchor,
         digest,
         &data,
         Some(&held),
+        Some(&public),
         &quick_opts(steps),
         &device(),
         &mut |_| {},
@@ -137,6 +139,10 @@ fn training_changes_only_the_expert_and_is_deterministic() {
         m.heldout_loss.unwrap() < m.anchor_heldout_loss.unwrap(),
         "{m:?}"
     );
+    // The calibrated router row prefers the expert on its own text and the
+    // public expert on public text.
+    assert!(m.router_own_positive.unwrap() > 0.9, "{m:?}");
+    assert!(m.router_public_positive.unwrap() < 0.1, "{m:?}");
 }
 
 #[test]
