@@ -10,6 +10,7 @@ use tributary_model::eval::{EvalReport, evaluate};
 use tributary_model::expert_train::train_expert;
 use tributary_model::merge::{merge, soup};
 use tributary_model::objective::TrainOptions;
+use tributary_model::router::CALIBRATION_FILE;
 use tributary_model::{Checkpoint, FlexOlmo};
 
 use crate::assemble::{
@@ -25,6 +26,84 @@ pub struct BackendArgs {
     /// when built with those cargo features.
     #[arg(long, env = "TRIBUTARY_BACKEND", default_value = "flex")]
     pub backend: String,
+}
+
+/// Expert-training settings shared by `train` and `experiment`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainingArgs {
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 200)]
+    pub steps: u64,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW, warm-up then cosine decay).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Tokens per training sequence (capped at the anchor's context length).
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Seed of batch sampling; the same seed, data and settings give the same expert.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Public text that calibrates the router row, so that the expert is routed
+    /// to on text like the contributor's and not on public text once merged with
+    /// others (default: the anchor's `router-calibration.txt`).
+    #[arg(long, num_args = 1..)]
+    pub calibration_text: Vec<PathBuf>,
+    /// Weight of the router calibration term in the training objective.
+    #[arg(long, default_value_t = 1.0)]
+    pub router_calibration: f64,
+    /// Learning-rate multiplier of the router row (0 keeps the calibrated row fixed).
+    #[arg(long, default_value_t = 1.0)]
+    pub router_lr_scale: f64,
+    /// Train without router calibration (the row then starts as the mean router
+    /// input of the contributor's data; experts trained so merge badly).
+    #[arg(long, conflicts_with = "calibration_text")]
+    pub no_router_calibration: bool,
+}
+
+impl TrainingArgs {
+    /// The model library's options for these settings.
+    pub fn to_options(&self, eval_every: u64) -> TrainOptions {
+        TrainOptions {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            seq_len: self.seq_len,
+            lr: self.lr,
+            seed: self.seed,
+            eval_every,
+            router_calibration_weight: self.router_calibration,
+            router_lr_scale: self.router_lr_scale,
+            ..TrainOptions::default()
+        }
+    }
+
+    /// Tokens of the public calibration text, or `None` when calibration is off.
+    pub fn calibration_stream(
+        &self,
+        anchor: &Path,
+        tok: &tributary_corpus::TextTokenizer,
+    ) -> Result<Option<Vec<u32>>> {
+        if self.no_router_calibration {
+            return Ok(None);
+        }
+        let paths = if self.calibration_text.is_empty() {
+            let shipped = anchor.join(CALIBRATION_FILE);
+            if !shipped.is_file() {
+                bail!(
+                    "the anchor {} has no {CALIBRATION_FILE}; pass --calibration-text with a \
+                     sample of the anchor's public corpus, or --no-router-calibration",
+                    anchor.display()
+                );
+            }
+            vec![shipped]
+        } else {
+            self.calibration_text.clone()
+        };
+        let docs = text::documents(&paths)?;
+        Ok(Some(text::stream(&docs, tok)?))
+    }
 }
 
 /// `contributor-agent train`.
@@ -43,21 +122,9 @@ pub struct TrainArgs {
     /// Directory to write the expert package into (`expert.safetensors`, `manifest.json`).
     #[arg(long)]
     pub out: PathBuf,
-    /// Optimiser steps.
-    #[arg(long, default_value_t = 200)]
-    pub steps: u64,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Peak learning rate (AdamW, warm-up then cosine decay).
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f64,
-    /// Tokens per training sequence (capped at the anchor's context length).
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
-    /// Seed of batch sampling; the same seed, data and settings give the same expert.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Training settings.
+    #[command(flatten)]
+    pub training: TrainingArgs,
     /// Report held-out loss every this many steps (0: only at the end).
     #[arg(long, default_value_t = 100)]
     pub eval_every: u64,
@@ -166,22 +233,16 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         held_docs.len(),
         held_stream.as_ref().map_or(0, Vec::len)
     );
-    let opts = TrainOptions {
-        steps: a.steps,
-        batch_size: a.batch_size,
-        seq_len: a.seq_len,
-        lr: a.lr,
-        seed: a.seed,
-        eval_every: a.eval_every,
-        ..TrainOptions::default()
-    };
-    let bar = training_bar(a.steps, "expert");
+    let calibration = a.training.calibration_stream(&a.anchor, &tok)?;
+    let opts = a.training.to_options(a.eval_every);
+    let bar = training_bar(opts.steps, "expert");
     let mut smooth = None;
     let pkg = train_expert(
         &anchor,
         &digest,
         &train_stream,
         held_stream.as_deref(),
+        calibration.as_deref(),
         &opts,
         &device,
         &mut |s| on_step(&bar, s, &mut smooth),
@@ -196,6 +257,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             base.exp(),
             h.exp(),
             100.0 * (h.exp() / base.exp() - 1.0)
+        );
+    }
+    if let (Some(own), Some(public)) = (t.router_own_positive, t.router_public_positive) {
+        eprintln!(
+            "router: prefers this expert to the public one on {:.1}% of own tokens and {:.1}% of public tokens",
+            100.0 * own,
+            100.0 * public
         );
     }
     Ok(())

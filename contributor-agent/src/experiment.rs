@@ -12,11 +12,10 @@ use clap::Args;
 use serde::Serialize;
 use tributary_model::expert_train::train_expert;
 use tributary_model::merge::{merge, select_experts, soup};
-use tributary_model::objective::TrainOptions;
 use tributary_model::{Checkpoint, ExpertPackage};
 
 use crate::assemble::anchor_digest;
-use crate::commands::{EvalSettings, load_stream, score};
+use crate::commands::{EvalSettings, TrainingArgs, load_stream, score};
 use crate::progress::{on_step, training_bar};
 use crate::text;
 
@@ -41,24 +40,12 @@ pub struct ExperimentArgs {
     /// Reuse experts already trained in `--out` instead of training them again.
     #[arg(long)]
     pub reuse: bool,
-    /// Training steps per expert.
-    #[arg(long, default_value_t = 200)]
-    pub steps: u64,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f64,
-    /// Tokens per sequence, for training and evaluation.
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
+    /// Training settings of every expert.
+    #[command(flatten)]
+    pub training: TrainingArgs,
     /// Experts per token in the merged model.
     #[arg(long, default_value_t = 2)]
     pub top_k: usize,
-    /// Seed of every expert's training.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Compute backend.
     #[arg(long, default_value = "flex")]
     pub backend: String,
@@ -81,6 +68,9 @@ pub struct ExperimentResults {
     pub targets: Vec<Target>,
     /// Expert digests, by domain.
     pub experts: BTreeMap<String, String>,
+    /// Router calibration of each expert, by domain: share of sampled own tokens
+    /// and of public tokens on which its row beats `r_pub` (from its manifest).
+    pub calibration: BTreeMap<String, [Option<f64>; 2]>,
 }
 
 /// One checked target.
@@ -115,6 +105,8 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
     let device = tributary_model::device::device_for(&a.backend)?;
     let tok = text::tokenizer(&a.anchor)?;
 
+    let calibration = a.training.calibration_stream(&a.anchor, &tok)?;
+
     // 1. One expert per domain.
     let mut experts: Vec<ExpertPackage> = Vec::new();
     for d in &domains {
@@ -128,22 +120,15 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
         let held_docs = text::documents(&[heldout(&a.slices, d)])?;
         let train = text::stream(&train_docs, &tok)?;
         let held = text::stream(&held_docs, &tok)?;
-        let opts = TrainOptions {
-            steps: a.steps,
-            batch_size: a.batch_size,
-            seq_len: a.seq_len,
-            lr: a.lr,
-            seed: a.seed,
-            eval_every: 0,
-            ..TrainOptions::default()
-        };
-        let bar = training_bar(a.steps, d);
+        let opts = a.training.to_options(0);
+        let bar = training_bar(opts.steps, d);
         let mut smooth = None;
         let pkg = train_expert(
             &anchor,
             &digest,
             &train,
             Some(&held),
+            calibration.as_deref(),
             &opts,
             &device,
             &mut |s| on_step(&bar, s, &mut smooth),
@@ -159,8 +144,8 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
     let mut ppl: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     let mut routing = BTreeMap::new();
     let settings = EvalSettings {
-        seq_len: a.seq_len,
-        batch_size: a.batch_size,
+        seq_len: a.training.seq_len,
+        batch_size: a.training.batch_size,
         backend: a.backend.clone(),
     };
     let mut streams = BTreeMap::new();
@@ -218,6 +203,14 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
             .iter()
             .cloned()
             .zip(experts.iter().map(|e| e.digest().to_owned()))
+            .collect(),
+        calibration: domains
+            .iter()
+            .cloned()
+            .zip(experts.iter().map(|e| {
+                let t = &e.manifest.training;
+                [t.router_own_positive, t.router_public_positive]
+            }))
             .collect(),
     };
     let json = serde_json::to_string_pretty(&results)?;
@@ -364,6 +357,16 @@ pub fn markdown(r: &ExperimentResults) -> String {
                 s.push_str(&format!(" {:.1}% |", 100.0 * v));
             }
             s.push('\n');
+        }
+    }
+    if r.calibration.values().any(|c| c[0].is_some()) {
+        s.push_str(
+            "\nRouter calibration (tokens on which the expert's row beats `r_pub`, anchor features)\n\n\
+             | expert | own text | public text |\n|---|---:|---:|\n",
+        );
+        let cell = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{:.1}%", 100.0 * v));
+        for (d, [own, public]) in &r.calibration {
+            s.push_str(&format!("| {d} | {} | {} |\n", cell(*own), cell(*public)));
         }
     }
     s.push_str("\nTargets\n\n| target | figure | holds |\n|---|---:|:---:|\n");

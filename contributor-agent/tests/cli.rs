@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use burn::tensor::Device;
-use tributary_corpus::{TextTokenizer, read_documents, token_stream};
+use tributary_corpus::{TextTokenizer, read_documents, spread_sample, token_stream};
 use tributary_model::FlexOlmoConfig;
 use tributary_model::pretrain::{init_anchor, set_public_router};
 
@@ -64,6 +64,39 @@ fn tiny_anchor(dir: &Path) {
     let stream = token_stream(&docs, &tok).unwrap();
     set_public_router(&mut anchor, &stream, 64, 4096, &Device::flex()).unwrap();
     anchor.save(dir, Some(&tok_dir)).unwrap();
+    std::fs::write(
+        dir.join(tributary_model::router::CALIBRATION_FILE),
+        spread_sample(&docs, 16 * 1024),
+    )
+    .unwrap();
+}
+
+/// `train` arguments for a short run.
+fn train_args<'a>(
+    anchor: &'a Path,
+    data: &'a Path,
+    out: &'a Path,
+    steps: &'a str,
+    batch: &'a str,
+    seq: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--anchor",
+        p(anchor),
+        "--data",
+        p(data),
+        "--out",
+        p(out),
+        "--steps",
+        steps,
+        "--batch-size",
+        batch,
+        "--seq-len",
+        seq,
+        "--eval-every",
+        "0",
+    ]
 }
 
 fn perplexity(json: &str) -> f64 {
@@ -80,23 +113,7 @@ fn train_merge_evaluate_and_opt_out() {
     tiny_anchor(&anchor);
     let expert = tmp.path().join("expert");
     let code = slice("code");
-    let train_args = [
-        "train",
-        "--anchor",
-        p(&anchor),
-        "--data",
-        p(&code),
-        "--out",
-        p(&expert),
-        "--steps",
-        "3",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "32",
-        "--eval-every",
-        "0",
-    ];
+    let train_args = train_args(&anchor, &code, &expert, "3", "2", "32");
     ok(&train_args);
     assert!(expert.join("expert.safetensors").is_file() && expert.join("manifest.json").is_file());
     fails(&train_args, "already holds");
@@ -231,23 +248,7 @@ fn clear_errors_for_bad_input() {
 
     // An expert whose manifest names another anchor is refused at merge.
     let expert = tmp.path().join("expert");
-    ok(&[
-        "train",
-        "--anchor",
-        p(&anchor),
-        "--data",
-        p(&text),
-        "--out",
-        p(&expert),
-        "--steps",
-        "1",
-        "--batch-size",
-        "1",
-        "--seq-len",
-        "16",
-        "--eval-every",
-        "0",
-    ]);
+    ok(&train_args(&anchor, &text, &expert, "1", "1", "16"));
     let mpath = expert.join("manifest.json");
     let mut manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
@@ -265,4 +266,14 @@ fn clear_errors_for_bad_input() {
         ],
         "trained against anchor",
     );
+
+    // Without the anchor's public calibration sample, training says what to do;
+    // `--no-router-calibration` trains the uncalibrated way.
+    std::fs::remove_file(anchor.join(tributary_model::router::CALIBRATION_FILE)).unwrap();
+    let plain = tmp.path().join("plain");
+    let mut args = train_args(&anchor, &text, &plain, "1", "1", "16");
+    fails(&args, "--calibration-text");
+    args.push("--no-router-calibration");
+    ok(&args);
+    assert!(plain.join("expert.safetensors").is_file());
 }
