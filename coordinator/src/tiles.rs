@@ -145,6 +145,10 @@ async fn tile(State(pool): State<PgPool>, uri: Uri) -> Result<Response, TilesErr
 }
 
 async fn unknown(uri: Uri) -> TilesError {
+    // `/tile/` with nothing after it misses the `/tile/{*rest}` route.
+    if uri.path().starts_with("/tile/") {
+        return TilesError::BadPath(format!("not a tile path: {}", escape(uri.path())));
+    }
     TilesError::NotFound(format!(
         "{}: this server serves /checkpoint and /tile/…",
         escape(uri.path())
