@@ -8,3 +8,4 @@
 
 pub mod anchor;
 pub mod store;
+pub mod tiles;

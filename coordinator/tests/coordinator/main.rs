@@ -9,6 +9,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod support;
+mod tlog_support;
 
 mod ledger;
 mod records;
+mod tiles;
