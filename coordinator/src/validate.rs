@@ -376,38 +376,15 @@ struct TensorState {
     len: u64,
     is_f32: bool,
     hasher: Sha256,
-    sum_sq: f64,
+    /// Sums of squares of the finite values whose index is 0, 1, 2, 3 mod 4:
+    /// four independent chains (fast), each summed in element order, so the
+    /// total does not depend on how the payload was chunked.
+    sum_sq: [f64; 4],
+    /// Values scanned so far.
+    values: u64,
     non_finite: u64,
     carry: [u8; 4],
     carry_len: usize,
-}
-
-/// Sum of squares of the finite `f32` values in `bytes` (a multiple of 4
-/// long) and the number of non-finite ones; four accumulators so the loop
-/// is not bound by one chain of additions.
-fn scan_f32(bytes: &[u8]) -> (f64, u64) {
-    let mut acc = [0f64; 4];
-    let mut bad = 0u64;
-    let mut groups = bytes.chunks_exact(16);
-    for g in &mut groups {
-        for (k, a) in acc.iter_mut().enumerate() {
-            let v = f32::from_le_bytes([g[4 * k], g[4 * k + 1], g[4 * k + 2], g[4 * k + 3]]);
-            if v.is_finite() {
-                *a += f64::from(v) * f64::from(v);
-            } else {
-                bad += 1;
-            }
-        }
-    }
-    for w in groups.remainder().chunks_exact(4) {
-        let v = f32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-        if v.is_finite() {
-            acc[0] += f64::from(v) * f64::from(v);
-        } else {
-            bad += 1;
-        }
-    }
-    (acc.iter().sum(), bad)
 }
 
 impl TensorState {
@@ -417,10 +394,54 @@ impl TensorState {
             len,
             is_f32: dtype == "F32",
             hasher: Sha256::new(),
-            sum_sq: 0.0,
+            sum_sq: [0.0; 4],
+            values: 0,
             non_finite: 0,
             carry: [0; 4],
             carry_len: 0,
+        }
+    }
+
+    fn norm(&self) -> f64 {
+        let [a, b, c, d] = self.sum_sq;
+        (((a + b) + c) + d).sqrt()
+    }
+
+    fn one(&mut self, w: [u8; 4]) {
+        let v = f32::from_le_bytes(w);
+        let lane = (self.values % 4) as usize;
+        self.values += 1;
+        if v.is_finite() {
+            self.sum_sq[lane] += f64::from(v) * f64::from(v);
+        } else {
+            self.non_finite += 1;
+        }
+    }
+
+    /// Scans whole `f32` values (`bytes.len()` a multiple of 4).
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while self.values % 4 != 0 && bytes.len() >= 4 {
+            self.one([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            bytes = &bytes[4..];
+        }
+        let mut groups = bytes.chunks_exact(16);
+        let mut acc = self.sum_sq;
+        let mut bad = 0u64;
+        for g in &mut groups {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let v = f32::from_le_bytes([g[4 * k], g[4 * k + 1], g[4 * k + 2], g[4 * k + 3]]);
+                if v.is_finite() {
+                    *a += f64::from(v) * f64::from(v);
+                } else {
+                    bad += 1;
+                }
+            }
+        }
+        self.sum_sq = acc;
+        self.non_finite += bad;
+        self.values += (bytes.len() / 16 * 4) as u64;
+        for w in groups.remainder().chunks_exact(4) {
+            self.one([w[0], w[1], w[2], w[3]]);
         }
     }
 
@@ -438,14 +459,10 @@ impl TensorState {
                 return;
             }
             self.carry_len = 0;
-            let (sq, bad) = scan_f32(&self.carry);
-            self.sum_sq += sq;
-            self.non_finite += bad;
+            self.one(self.carry);
         }
         let aligned = bytes.len() / 4 * 4;
-        let (sq, bad) = scan_f32(&bytes[..aligned]);
-        self.sum_sq += sq;
-        self.non_finite += bad;
+        self.scan(&bytes[..aligned]);
         let rest = &bytes[aligned..];
         self.carry[..rest.len()].copy_from_slice(rest);
         self.carry_len = rest.len();
@@ -921,7 +938,7 @@ impl UploadValidator {
             let Some(want) = self.anchor.expected.get(&state.name) else {
                 continue;
             };
-            let norm = state.sum_sq.sqrt();
+            let norm = state.norm();
             let ratio = if want.reference_norm > 0.0 {
                 norm / want.reference_norm
             } else if norm == 0.0 {
