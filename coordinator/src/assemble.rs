@@ -160,7 +160,11 @@ impl BlobLayout {
     /// The layout from a blob's first bytes (length prefix and header), with
     /// ranges made absolute; `size` is the blob's size, which must be exactly
     /// what the header describes.
-    pub fn from_header(digest: Sha256Digest, size: u64, head: &[u8]) -> Result<Self, AssembleError> {
+    pub fn from_header(
+        digest: Sha256Digest,
+        size: u64,
+        head: &[u8],
+    ) -> Result<Self, AssembleError> {
         let bad = |reason: String| AssembleError::BadBlob { digest, reason };
         let prefix: [u8; 8] = head
             .get(..8)

@@ -354,7 +354,10 @@ impl BlobWriter {
         if store.exists(digest).await? {
             store.store.delete(&self.staging).await?;
         } else {
-            store.store.rename(&self.staging, &store.key(digest)).await?;
+            store
+                .store
+                .rename(&self.staging, &store.key(digest))
+                .await?;
         }
         Ok(())
     }

@@ -304,7 +304,8 @@ impl AnchorReference {
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let anchor = Checkpoint::load(dir)?;
         let hex = file_sha256(&dir.join("model.safetensors"))?;
-        let digest = Sha256Digest::from_hex(&hex).map_err(|e| ModelError::Argument(e.to_string()))?;
+        let digest =
+            Sha256Digest::from_hex(&hex).map_err(|e| ModelError::Argument(e.to_string()))?;
         Self::from_checkpoint(&anchor, digest)
     }
 }
@@ -420,7 +421,7 @@ impl TensorState {
 
     /// Scans whole `f32` values (`bytes.len()` a multiple of 4).
     fn scan(&mut self, mut bytes: &[u8]) {
-        while self.values % 4 != 0 && bytes.len() >= 4 {
+        while !self.values.is_multiple_of(4) && bytes.len() >= 4 {
             self.one([bytes[0], bytes[1], bytes[2], bytes[3]]);
             bytes = &bytes[4..];
         }
@@ -918,7 +919,10 @@ impl UploadValidator {
             if got.shape != want.shape {
                 return fail(
                     RejectReason::WrongShape,
-                    format!("{name} has shape {:?}, expected {:?}", got.shape, want.shape),
+                    format!(
+                        "{name} has shape {:?}, expected {:?}",
+                        got.shape, want.shape
+                    ),
                 );
             }
         }
