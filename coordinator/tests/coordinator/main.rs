@@ -3,7 +3,9 @@
 //! Each test creates its own database `tributary_test_<random>` on the server
 //! named by `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`;
 //! `scripts/ensure-postgres` starts a throwaway server when none answers),
-//! applies the migrations, and drops the database at the end.
+//! applies the migrations, and drops the database at the end. The blob store,
+//! validation and assembly tests (`blobs`, `validate`, `assemble`) need no
+//! database: they use temporary directories and the shipped anchor.
 
 // Test code: a failed setup step should stop the test with its message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -11,6 +13,9 @@
 mod support;
 mod tlog_support;
 
+mod assemble;
+mod blobs;
 mod ledger;
 mod records;
 mod tiles;
+mod validate;
