@@ -5,6 +5,16 @@
 //! - [`anchor`]: `coordinator anchor pretrain`, the operator's anchor training.
 //! - [`store`]: Postgres through sqlx: connection, migrations, the ledger
 //!   ([`store::PgLedger`]) and the coordinator's tables.
+//! - [`service`]: the gRPC services (the only code that sees prost types).
+//! - [`server`]: [`server::serve`], the running coordinator (gRPC + HTTP).
+//! - [`http`]: the read-only HTTP side (tlog-tiles, metrics).
+//! - [`config`]: `coordinator serve` flags, environment and config file.
+//! - [`devca`]: `coordinator dev-ca`, development certificates and operator key.
 
 pub mod anchor;
+pub mod config;
+pub mod devca;
+pub mod http;
+pub mod server;
+pub mod service;
 pub mod store;

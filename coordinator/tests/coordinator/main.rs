@@ -12,3 +12,4 @@ mod support;
 
 mod ledger;
 mod records;
+mod service;
