@@ -125,8 +125,12 @@ pub async fn serve(
             && code.as_bytes() != b"0"
         {
             counted.metrics.refused.fetch_add(1, Ordering::Relaxed);
-            // tonic refuses oversized messages itself; give them our reason code too.
-            if code.as_bytes() == b"8" && !response.headers().contains_key(REASON_METADATA_KEY) {
+            // tonic refuses oversized messages itself (OUT_OF_RANGE, or
+            // RESOURCE_EXHAUSTED); give them our reason code too. The services
+            // never answer these codes themselves.
+            if matches!(code.as_bytes(), b"8" | b"11")
+                && !response.headers().contains_key(REASON_METADATA_KEY)
+            {
                 response.headers_mut().insert(
                     REASON_METADATA_KEY,
                     http::HeaderValue::from_static("MESSAGE_TOO_LARGE"),

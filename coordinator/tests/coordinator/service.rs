@@ -398,7 +398,7 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
     // A message over the server's limit (64 KiB here).
     let mut big = terms("consent-big", "alice", b"big");
     big.data_description = "x".repeat(100 * 1024);
-    assert_refused(alice.grant_consent(big).await, Code::ResourceExhausted, "MESSAGE_TOO_LARGE");
+    assert_refused(alice.grant_consent(big).await, Code::OutOfRange, "MESSAGE_TOO_LARGE");
     assert_eq!(counts(server.pool()).await, before);
 
     // A replayed request: the first goes through, its copy is refused.
