@@ -120,10 +120,16 @@ impl ServeArgs {
         let key = self.tls_key.or(file.tls_key);
         let client_ca = self.client_ca.or(file.client_ca);
         let tls = match (cert, key, insecure) {
-            (Some(cert), Some(key), false) => Some(ServerTls { cert, key, client_ca }),
+            (Some(cert), Some(key), false) => Some(ServerTls {
+                cert,
+                key,
+                client_ca,
+            }),
             (None, None, true) => None,
             (_, _, true) => bail!("--insecure-plaintext cannot be combined with TLS files"),
-            _ => bail!("TLS needs both --tls-cert and --tls-key (or, explicitly, --insecure-plaintext)"),
+            _ => bail!(
+                "TLS needs both --tls-cert and --tls-key (or, explicitly, --insecure-plaintext)"
+            ),
         };
         let defaults = Limits::default();
         Ok(ServeConfig {
@@ -133,13 +139,21 @@ impl ServeArgs {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             http_listen: self.http_listen.or(file.http_listen),
             database_url,
-            blob_dir: self.blob_dir.or(file.blob_dir).unwrap_or_else(|| PathBuf::from("blobs")),
+            blob_dir: self
+                .blob_dir
+                .or(file.blob_dir)
+                .unwrap_or_else(|| PathBuf::from("blobs")),
             tls,
             operator_key,
-            max_message_bytes: self.max_message_bytes.or(file.max_message_bytes).unwrap_or(4 << 20),
+            max_message_bytes: self
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(4 << 20),
             limits: Limits {
                 request_window_ms: i64::from(
-                    self.request_window_secs.or(file.request_window_secs).unwrap_or(300),
+                    self.request_window_secs
+                        .or(file.request_window_secs)
+                        .unwrap_or(300),
                 ) * 1000,
                 max_page: defaults.max_page,
                 max_upload_bytes: self
@@ -182,10 +196,19 @@ mod tests {
         assert!(config.tls.is_some());
 
         std::fs::write(&path, "database-url = \"x\"\noperator-key = \"k\"\n").unwrap();
-        let no_tls = ServeArgs { config: Some(path.clone()), ..Default::default() };
-        assert!(no_tls.resolve().is_err(), "no TLS and no explicit plaintext is refused");
+        let no_tls = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert!(
+            no_tls.resolve().is_err(),
+            "no TLS and no explicit plaintext is refused"
+        );
         std::fs::write(&path, "bogus = 1\n").unwrap();
-        let unknown = ServeArgs { config: Some(path), ..Default::default() };
+        let unknown = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
         assert!(unknown.resolve().is_err(), "unknown keys are refused");
     }
 }

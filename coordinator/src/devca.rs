@@ -74,43 +74,70 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
     Ok(())
 }
 
-fn leaf(names: Vec<String>, common_name: &str, usage: ExtendedKeyUsagePurpose) -> Result<CertificateParams> {
+fn leaf(
+    names: Vec<String>,
+    common_name: &str,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(names).context("certificate names")?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params.is_ca = IsCa::NoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![usage];
     Ok(params)
 }
 
 /// Creates the development CA, certificates and operator key in `args.out`.
 pub fn create(args: &DevCaArgs) -> Result<DevCa> {
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let dir = &args.out;
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
-    ca_params.distinguished_name.push(DnType::CommonName, "Tributary development CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Tributary development CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate().context("generating the CA key")?;
-    let ca_cert = ca_params.self_signed(&ca_key).context("signing the CA certificate")?;
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .context("signing the CA certificate")?;
     let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca_params, ca_key);
 
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     names.extend(args.extra_names.iter().cloned());
     let server_key = KeyPair::generate().context("generating the server key")?;
-    let server_cert = leaf(names, "tributary coordinator", ExtendedKeyUsagePurpose::ServerAuth)?
-        .signed_by(&server_key, &issuer)
-        .context("signing the server certificate")?;
+    let server_cert = leaf(
+        names,
+        "tributary coordinator",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?
+    .signed_by(&server_key, &issuer)
+    .context("signing the server certificate")?;
 
     let client_key = KeyPair::generate().context("generating the client key")?;
-    let client_cert = leaf(Vec::new(), "tributary client", ExtendedKeyUsagePurpose::ClientAuth)?
-        .signed_by(&client_key, &issuer)
-        .context("signing the client certificate")?;
+    let client_cert = leaf(
+        Vec::new(),
+        "tributary client",
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?
+    .signed_by(&client_key, &issuer)
+    .context("signing the client certificate")?;
 
     let operator = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-    let signer = NoteSigner::new(&args.origin, operator).context("the origin is not a valid note name")?;
+    let signer =
+        NoteSigner::new(&args.origin, operator).context("the origin is not a valid note name")?;
 
     let out = DevCa {
         ca_cert: dir.join("ca.pem"),
@@ -127,21 +154,32 @@ pub fn create(args: &DevCaArgs) -> Result<DevCa> {
     write_file(&out.server_key, server_key.serialize_pem().as_bytes(), true)?;
     write_file(&out.client_cert, client_cert.pem().as_bytes(), false)?;
     write_file(&out.client_key, client_key.serialize_pem().as_bytes(), true)?;
-    write_file(&out.operator_key, format!("{}\n", signer.to_key_string()).as_bytes(), true)?;
-    write_file(&out.operator_pub, format!("{}\n", signer.verifier().to_key_string()).as_bytes(), false)?;
+    write_file(
+        &out.operator_key,
+        format!("{}\n", signer.to_key_string()).as_bytes(),
+        true,
+    )?;
+    write_file(
+        &out.operator_pub,
+        format!("{}\n", signer.verifier().to_key_string()).as_bytes(),
+        false,
+    )?;
     Ok(out)
 }
 
 /// Reads an operator key file written by [`create`].
 pub fn read_operator_key(path: &Path) -> Result<NoteSigner> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    NoteSigner::from_key_string(text.trim()).context("the operator key file is not a note signer key")
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    NoteSigner::from_key_string(text.trim())
+        .context("the operator key file is not a note signer key")
 }
 
 /// The Ed25519 signing key inside a note signer key string.
 pub fn operator_signing_key(path: &Path) -> Result<SigningKey> {
     use base64::Engine as _;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // `PRIVATE+KEY+<name>+<hex id>+<base64>`: names hold no '+', base64 may.
     let encoded = text
         .trim()

@@ -32,7 +32,11 @@ fn failure(error: impl std::fmt::Display) -> Response {
 
 async fn checkpoint(State(state): State<Arc<AppState>>) -> Response {
     match latest_checkpoint(&state.pool).await {
-        Ok(Some(c)) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], c.note).into_response(),
+        Ok(Some(c)) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            c.note,
+        )
+            .into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, "no checkpoint yet\n").into_response(),
         Err(e) => failure(e),
     }
@@ -54,7 +58,9 @@ async fn tile(State(state): State<Arc<AppState>>, Path(path): Path<String>) -> R
             // Every hash of the tile must be a complete subtree within the checkpoint.
             let covered = nodes.last().is_some_and(|last| {
                 u32::from(last.level) < 64
-                    && (last.index.saturating_add(1)).checked_shl(u32::from(last.level)).is_some_and(|end| end <= size)
+                    && (last.index.saturating_add(1))
+                        .checked_shl(u32::from(last.level))
+                        .is_some_and(|end| end <= size)
             });
             if !covered {
                 return (StatusCode::NOT_FOUND, "tile beyond the checkpoint\n").into_response();

@@ -64,9 +64,21 @@ fn main() -> Result<()> {
         Command::DevCa(args) => {
             let out = devca::create(&args)?;
             println!("CA certificate:      {}", out.ca_cert.display());
-            println!("server certificate:  {} (key {})", out.server_cert.display(), out.server_key.display());
-            println!("client certificate:  {} (key {})", out.client_cert.display(), out.client_key.display());
-            println!("operator key:        {} (verifier {})", out.operator_key.display(), out.operator_pub.display());
+            println!(
+                "server certificate:  {} (key {})",
+                out.server_cert.display(),
+                out.server_key.display()
+            );
+            println!(
+                "client certificate:  {} (key {})",
+                out.client_cert.display(),
+                out.client_key.display()
+            );
+            println!(
+                "operator key:        {} (verifier {})",
+                out.operator_key.display(),
+                out.operator_pub.display()
+            );
             Ok(())
         }
         Command::Anchor(AnchorCommand::Pretrain(a)) => anchor::pretrain_cmd(&a),
@@ -91,7 +103,9 @@ fn main() -> Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("TRIBUTARY_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {

@@ -21,6 +21,7 @@ use tributary_protos::v1::submission_service_server::SubmissionServiceServer;
 use tributary_protos::v1::version_service_server::VersionServiceServer;
 
 use crate::config::ServeConfig;
+use crate::service::AppState;
 use crate::service::anchor::Anchors;
 use crate::service::consent::Consents;
 use crate::service::contributors::Contributors;
@@ -28,7 +29,6 @@ use crate::service::ledger::Ledger;
 use crate::service::ports::LocalBlobDir;
 use crate::service::submissions::Submissions;
 use crate::service::versions::Versions;
-use crate::service::AppState;
 use crate::{devca, http as http_side, store};
 
 /// A started coordinator.
@@ -64,7 +64,9 @@ pub async fn serve(
     let pool = store::connect(&config.database_url)
         .await
         .context("connecting to the database")?;
-    store::migrate(&pool).await.context("applying the migrations")?;
+    store::migrate(&pool)
+        .await
+        .context("applying the migrations")?;
     let signer = devca::read_operator_key(&config.operator_key)?;
     let operator = devca::operator_signing_key(&config.operator_key)?;
     std::fs::create_dir_all(&config.blob_dir)
@@ -104,12 +106,16 @@ pub async fn serve(
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ContributorServiceServer<Contributors>>().await;
+    health
+        .set_serving::<ContributorServiceServer<Contributors>>()
+        .await;
     health.set_serving::<ConsentServiceServer<Consents>>().await;
     health.set_serving::<LedgerServiceServer<Ledger>>().await;
     health.set_serving::<VersionServiceServer<Versions>>().await;
     health.set_serving::<AnchorServiceServer<Anchors>>().await;
-    health.set_serving::<SubmissionServiceServer<Submissions>>().await;
+    health
+        .set_serving::<SubmissionServiceServer<Submissions>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tributary_protos::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -118,37 +124,50 @@ pub async fn serve(
 
     let max = config.max_message_bytes;
     let counted = state.clone();
-    let annotate = tower::util::MapResponseLayer::new(move |mut response: http::Response<tonic::body::Body>| {
-        counted.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        let code = response.headers().get("grpc-status").cloned();
-        if let Some(code) = code
-            && code.as_bytes() != b"0"
-        {
-            counted.metrics.refused.fetch_add(1, Ordering::Relaxed);
-            // tonic refuses oversized messages itself (OUT_OF_RANGE, or
-            // RESOURCE_EXHAUSTED); give them our reason code too. The services
-            // never answer these codes themselves.
-            if matches!(code.as_bytes(), b"8" | b"11")
-                && !response.headers().contains_key(REASON_METADATA_KEY)
+    let annotate = tower::util::MapResponseLayer::new(
+        move |mut response: http::Response<tonic::body::Body>| {
+            counted.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            let code = response.headers().get("grpc-status").cloned();
+            if let Some(code) = code
+                && code.as_bytes() != b"0"
             {
-                response.headers_mut().insert(
-                    REASON_METADATA_KEY,
-                    http::HeaderValue::from_static("MESSAGE_TOO_LARGE"),
-                );
+                counted.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                // tonic refuses oversized messages itself (OUT_OF_RANGE, or
+                // RESOURCE_EXHAUSTED); give them our reason code too. The services
+                // never answer these codes themselves.
+                if matches!(code.as_bytes(), b"8" | b"11")
+                    && !response.headers().contains_key(REASON_METADATA_KEY)
+                {
+                    response.headers_mut().insert(
+                        REASON_METADATA_KEY,
+                        http::HeaderValue::from_static("MESSAGE_TOO_LARGE"),
+                    );
+                }
             }
-        }
-        response
-    });
+            response
+        },
+    );
     let router = builder
         .layer(annotate)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ContributorServiceServer::new(Contributors(state.clone())).max_decoding_message_size(max))
-        .add_service(ConsentServiceServer::new(Consents(state.clone())).max_decoding_message_size(max))
+        .add_service(
+            ContributorServiceServer::new(Contributors(state.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            ConsentServiceServer::new(Consents(state.clone())).max_decoding_message_size(max),
+        )
         .add_service(LedgerServiceServer::new(Ledger(state.clone())).max_decoding_message_size(max))
-        .add_service(VersionServiceServer::new(Versions(state.clone())).max_decoding_message_size(max))
-        .add_service(AnchorServiceServer::new(Anchors(state.clone())).max_decoding_message_size(max))
-        .add_service(SubmissionServiceServer::new(Submissions(state.clone())).max_decoding_message_size(max));
+        .add_service(
+            VersionServiceServer::new(Versions(state.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            AnchorServiceServer::new(Anchors(state.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            SubmissionServiceServer::new(Submissions(state.clone())).max_decoding_message_size(max),
+        );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -162,7 +181,11 @@ pub async fn serve(
     let http_task = http_listener.map(|listener| {
         let app = http_side::router(state.clone());
         let signal = stopped(stop_rx.clone());
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(signal).await })
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+        })
     });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let grpc_signal = stopped(stop_rx);
@@ -173,7 +196,9 @@ pub async fn serve(
             .await
             .context("the gRPC server failed")?;
         if let Some(http) = http_task {
-            http.await.context("the HTTP task panicked")?.context("the HTTP server failed")?;
+            http.await
+                .context("the HTTP task panicked")?
+                .context("the HTTP server failed")?;
         }
         tracing::info!("coordinator stopped");
         Ok(())
@@ -191,13 +216,14 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = term.recv() => {}

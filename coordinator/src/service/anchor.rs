@@ -49,7 +49,9 @@ impl Anchors {
                 .map(|f| v1::AnchorFile {
                     name: f.name,
                     size: f.size,
-                    sha256: hex::decode(&f.sha256).ok().map(|sha256| v1::Digest { sha256 }),
+                    sha256: hex::decode(&f.sha256)
+                        .ok()
+                        .map(|sha256| v1::Digest { sha256 }),
                 })
                 .collect(),
             published_unix_ms: row.try_get("ms")?,
@@ -57,7 +59,10 @@ impl Anchors {
         })
     }
 
-    async fn publish(&self, mut stream: Streaming<v1::PublishAnchorRequest>) -> ServiceResult<v1::AnchorInfo> {
+    async fn publish(
+        &self,
+        mut stream: Streaming<v1::PublishAnchorRequest>,
+    ) -> ServiceResult<v1::AnchorInfo> {
         let first = stream
             .message()
             .await
@@ -66,10 +71,15 @@ impl Anchors {
             message: Some(v1::publish_anchor_request::Message::Header(header)),
         }) = first
         else {
-            return Err(ServiceError::invalid("MALFORMED_REQUEST", "the first message must be the header"));
+            return Err(ServiceError::invalid(
+                "MALFORMED_REQUEST",
+                "the first message must be the header",
+            ));
         };
         let mut tx = self.0.pool.begin().await?;
-        auth::authenticate(&self.0, &mut tx, &header).await?.operator()?;
+        auth::authenticate(&self.0, &mut tx, &header)
+            .await?
+            .operator()?;
         Err(ServiceError::new(
             Code::Unimplemented,
             "NOT_IMPLEMENTED",

@@ -10,8 +10,7 @@ use tonic::{Code, Request, Response, Status};
 use tributary_client::convert;
 use tributary_ledger::event::{ConsentWithdrawn, ExpertErased, ModelVersionPublished};
 use tributary_ledger::{
-    ConsentId, Event, ExpertDigest, SignatureRole, SignedEvent, Timestamp,
-    entry::statement_message,
+    ConsentId, Event, ExpertDigest, SignatureRole, SignedEvent, Timestamp, entry::statement_message,
 };
 use tributary_protos::v1;
 use tributary_protos::v1::consent_service_server::ConsentService;
@@ -46,12 +45,16 @@ fn check_statement(
     signature: &tributary_ledger::Signature,
     key: &tributary_ledger::PublicKey,
 ) -> ServiceResult<()> {
-    let message = statement_message(event, SignatureRole::Contributor).map_err(ServiceError::internal)?;
+    let message =
+        statement_message(event, SignatureRole::Contributor).map_err(ServiceError::internal)?;
     key.verify(&message, signature).map_err(|_| {
         ServiceError::new(
             Code::PermissionDenied,
             "BAD_STATEMENT_SIGNATURE",
-            format!("the {} statement does not verify against the caller's key", event.kind()),
+            format!(
+                "the {} statement does not verify against the caller's key",
+                event.kind()
+            ),
         )
     })
 }
@@ -72,7 +75,10 @@ impl Consents {
         }
         let event = Event::ConsentGranted(terms.clone());
         check_statement(&event, &signature, &record.public_key)?;
-        if rows::consent_for_update(&mut *tx, &terms.consent).await?.is_some() {
+        if rows::consent_for_update(&mut *tx, &terms.consent)
+            .await?
+            .is_some()
+        {
             return Err(ServiceError::new(
                 Code::AlreadyExists,
                 "CONSENT_EXISTS",
@@ -102,7 +108,10 @@ impl Consents {
         })
     }
 
-    async fn list(&self, request: v1::ListConsentsRequest) -> ServiceResult<v1::ListConsentsResponse> {
+    async fn list(
+        &self,
+        request: v1::ListConsentsRequest,
+    ) -> ServiceResult<v1::ListConsentsResponse> {
         let state = &self.0;
         let expert = request
             .expert
@@ -117,7 +126,9 @@ impl Consents {
             Caller::Operator => None,
             Caller::Contributor(record) => Some(record.contributor.clone()),
         };
-        let found = rows::list_consents(&mut *tx, owner.as_ref(), expert.as_ref(), after, limit + 1).await?;
+        let found =
+            rows::list_consents(&mut *tx, owner.as_ref(), expert.as_ref(), after, limit + 1)
+                .await?;
         tx.commit().await?;
         let more = found.len() > limit as usize;
         let page: Vec<_> = found.into_iter().take(limit as usize).collect();
@@ -137,9 +148,11 @@ impl Consents {
         let state = &self.0;
         let consent_id = convert::consent_id("consent_id", &request.consent_id)?;
         let signature = convert::signature("signature", request.signature.as_ref())?;
-        let withdrawn_at = u64::try_from(request.withdrawn_at_unix)
-            .map_err(|_| ServiceError::invalid("MALFORMED_REQUEST", "withdrawn_at_unix is negative"))?;
-        let skew = i64::try_from(withdrawn_at).unwrap_or(i64::MAX) - i64::try_from(now().0).unwrap_or(0);
+        let withdrawn_at = u64::try_from(request.withdrawn_at_unix).map_err(|_| {
+            ServiceError::invalid("MALFORMED_REQUEST", "withdrawn_at_unix is negative")
+        })?;
+        let skew =
+            i64::try_from(withdrawn_at).unwrap_or(i64::MAX) - i64::try_from(now().0).unwrap_or(0);
         if skew.saturating_abs().saturating_mul(1000) > state.limits.request_window_ms {
             return Err(ServiceError::new(
                 Code::InvalidArgument,
@@ -152,7 +165,9 @@ impl Consents {
         let record = caller.contributor()?.clone();
         let consent = rows::consent_for_update(&mut *tx, &consent_id)
             .await?
-            .ok_or_else(|| ServiceError::not_found("UNKNOWN_CONSENT", format!("no consent {consent_id}")))?;
+            .ok_or_else(|| {
+                ServiceError::not_found("UNKNOWN_CONSENT", format!("no consent {consent_id}"))
+            })?;
         if consent.terms.contributor != record.contributor {
             return Err(ServiceError::not_owner(format!(
                 "consent {consent_id} belongs to another contributor"
@@ -180,8 +195,15 @@ impl Consents {
                 invite_signature: None,
             })
             .await?;
-        rows::end_consent(ledger.conn(), &consent_id, ConsentState::Withdrawn, withdrawal.index()).await?;
-        let revoked = rows::revoke_versions_listing(ledger.conn(), &consent_id, withdrawal.index()).await?;
+        rows::end_consent(
+            ledger.conn(),
+            &consent_id,
+            ConsentState::Withdrawn,
+            withdrawal.index(),
+        )
+        .await?;
+        let revoked =
+            rows::revoke_versions_listing(ledger.conn(), &consent_id, withdrawal.index()).await?;
         let published = publish_without(&mut ledger, &consent_id).await?;
         let erased = erase_if_unconsented(state, &mut ledger, &consent).await?;
         let receipts = ledger.commit().await?;
@@ -190,7 +212,11 @@ impl Consents {
             withdrawal: receipts.first().map(convert::receipt_to_proto),
             published_versions: published.iter().map(|v| v.0).collect(),
             revoked_versions: revoked.iter().map(|v| v.0).collect(),
-            erasure: if erased { receipts.last().map(convert::receipt_to_proto) } else { None },
+            erasure: if erased {
+                receipts.last().map(convert::receipt_to_proto)
+            } else {
+                None
+            },
         })
     }
 }
@@ -217,14 +243,16 @@ async fn publish_without(
         let listed: Vec<_> = experts.iter().map(|(e, _)| e.clone()).collect();
         let checkpoint = manifest_digest(&parent.anchor, &listed, parent.top_k);
         let appended = ledger
-            .append(SignedEvent::coordinator(Event::ModelVersionPublished(ModelVersionPublished {
-                version: number,
-                parent: Some(head),
-                experts: listed,
-                purpose: parent.purpose.clone(),
-                top_k: parent.top_k,
-                checkpoint,
-            })))
+            .append(SignedEvent::coordinator(Event::ModelVersionPublished(
+                ModelVersionPublished {
+                    version: number,
+                    parent: Some(head),
+                    experts: listed,
+                    purpose: parent.purpose.clone(),
+                    top_k: parent.top_k,
+                    checkpoint,
+                },
+            )))
             .await?;
         rows::insert_version(
             ledger.conn(),
@@ -262,8 +290,18 @@ async fn erase_if_unconsented(
     if expert.erased_index.is_some() || expert.contributor != consent.terms.contributor {
         return Ok(false);
     }
-    let others = rows::list_consents(ledger.conn(), Some(&expert.contributor), Some(&digest), None, 1000).await?;
-    if others.iter().any(|c| c.state == ConsentState::Active && c.terms.consent != consent.terms.consent) {
+    let others = rows::list_consents(
+        ledger.conn(),
+        Some(&expert.contributor),
+        Some(&digest),
+        None,
+        1000,
+    )
+    .await?;
+    if others
+        .iter()
+        .any(|c| c.state == ConsentState::Active && c.terms.consent != consent.terms.consent)
+    {
         return Ok(false);
     }
     // Deleted before the commit: should the commit fail, the weights are gone
@@ -275,7 +313,9 @@ async fn erase_if_unconsented(
         .await
         .map_err(ServiceError::internal)?;
     let appended = ledger
-        .append(SignedEvent::coordinator(Event::ExpertErased(ExpertErased { expert: digest })))
+        .append(SignedEvent::coordinator(Event::ExpertErased(
+            ExpertErased { expert: digest },
+        )))
         .await?;
     rows::mark_expert_erased(ledger.conn(), &expert, appended.index()).await?;
     records::mark_blob_erased(ledger.conn(), &expert.blob).await?;

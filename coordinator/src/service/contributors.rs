@@ -37,7 +37,10 @@ fn registration(
     public_key: &[u8],
 ) -> ServiceResult<ContributorRegistered> {
     if organisation.trim().is_empty() {
-        return Err(ServiceError::invalid("MALFORMED_REQUEST", "field `organisation`: empty"));
+        return Err(ServiceError::invalid(
+            "MALFORMED_REQUEST",
+            "field `organisation`: empty",
+        ));
     }
     Ok(ContributorRegistered {
         contributor: convert::contributor_id("contributor_id", id)?,
@@ -47,13 +50,23 @@ fn registration(
 }
 
 impl Contributors {
-    async fn create_invite(&self, request: v1::CreateInviteRequest) -> ServiceResult<v1::CreateInviteResponse> {
+    async fn create_invite(
+        &self,
+        request: v1::CreateInviteRequest,
+    ) -> ServiceResult<v1::CreateInviteResponse> {
         let state = &self.0;
-        let event = registration(&request.contributor_id, &request.organisation, &request.public_key)?;
+        let event = registration(
+            &request.contributor_id,
+            &request.organisation,
+            &request.public_key,
+        )?;
         let mut tx = state.pool.begin().await?;
-        auth::authenticate(state, &mut tx, &request).await?.operator()?;
-        let message = statement_message(&Event::ContributorRegistered(event), SignatureRole::Invite)
-            .map_err(ServiceError::internal)?;
+        auth::authenticate(state, &mut tx, &request)
+            .await?
+            .operator()?;
+        let message =
+            statement_message(&Event::ContributorRegistered(event), SignatureRole::Invite)
+                .map_err(ServiceError::internal)?;
         let invite = Signature::sign(&state.operator, &message);
         tx.commit().await?;
         Ok(v1::CreateInviteResponse {
@@ -63,10 +76,18 @@ impl Contributors {
 
     async fn register(&self, request: v1::RegisterRequest) -> ServiceResult<v1::RegisterResponse> {
         let state = &self.0;
-        let event = registration(&request.contributor_id, &request.organisation, &request.public_key)?;
+        let event = registration(
+            &request.contributor_id,
+            &request.organisation,
+            &request.public_key,
+        )?;
         let invite = convert::signature("invite", request.invite.as_ref())?;
-        let statement = convert::signature("contributor_signature", request.contributor_signature.as_ref())?;
-        if request.auth.as_ref().map(|a| a.key_id.as_str()) != Some(request.contributor_id.as_str()) {
+        let statement = convert::signature(
+            "contributor_signature",
+            request.contributor_signature.as_ref(),
+        )?;
+        if request.auth.as_ref().map(|a| a.key_id.as_str()) != Some(request.contributor_id.as_str())
+        {
             return Err(ServiceError::invalid(
                 "KEY_ID_MISMATCH",
                 "a registration is signed with key_id = contributor_id",
@@ -84,15 +105,34 @@ impl Contributors {
         };
         let check = |role, key: &tributary_ledger::PublicKey, reason: &'static str| {
             let message = statement_message(&signed.event, role).map_err(ServiceError::internal)?;
-            let signature = if role == SignatureRole::Invite { &invite } else { &statement };
-            key.verify(&message, signature)
-                .map_err(|_| ServiceError::new(Code::PermissionDenied, reason, "the signature does not verify"))
+            let signature = if role == SignatureRole::Invite {
+                &invite
+            } else {
+                &statement
+            };
+            key.verify(&message, signature).map_err(|_| {
+                ServiceError::new(
+                    Code::PermissionDenied,
+                    reason,
+                    "the signature does not verify",
+                )
+            })
         };
-        check(SignatureRole::Invite, &tributary_ledger::PublicKey::of(&state.operator), "BAD_INVITE")?;
-        check(SignatureRole::Contributor, &event.public_key, "BAD_STATEMENT_SIGNATURE")?;
+        check(
+            SignatureRole::Invite,
+            &tributary_ledger::PublicKey::of(&state.operator),
+            "BAD_INVITE",
+        )?;
+        check(
+            SignatureRole::Contributor,
+            &event.public_key,
+            "BAD_STATEMENT_SIGNATURE",
+        )?;
 
         if let Some(existing) = records::contributor(&mut *tx, &event.contributor).await? {
-            if existing.public_key == event.public_key && existing.organisation == event.organisation {
+            if existing.public_key == event.public_key
+                && existing.organisation == event.organisation
+            {
                 // Idempotent: the same registration again returns the record.
                 let receipt = receipt_for(&mut tx, existing.ledger_index).await?;
                 tx.commit().await?;
@@ -104,7 +144,10 @@ impl Contributors {
             return Err(ServiceError::new(
                 Code::AlreadyExists,
                 "CONTRIBUTOR_EXISTS",
-                format!("{} is registered with another key or organisation", event.contributor),
+                format!(
+                    "{} is registered with another key or organisation",
+                    event.contributor
+                ),
             ));
         }
         let mut ledger = LedgerTx::begin(state, tx).await?;
@@ -125,15 +168,19 @@ impl Contributors {
         })
     }
 
-    async fn get_contributor(&self, request: v1::GetContributorRequest) -> ServiceResult<v1::Contributor> {
+    async fn get_contributor(
+        &self,
+        request: v1::GetContributorRequest,
+    ) -> ServiceResult<v1::Contributor> {
         let id = convert::contributor_id("contributor_id", &request.contributor_id)?;
         let record = records::contributor(&self.0.pool, &id)
             .await?
-            .ok_or_else(|| ServiceError::not_found("UNKNOWN_CONTRIBUTOR", format!("no contributor {id}")))?;
+            .ok_or_else(|| {
+                ServiceError::not_found("UNKNOWN_CONTRIBUTOR", format!("no contributor {id}"))
+            })?;
         Ok(to_proto(&record))
     }
 }
-
 
 #[tonic::async_trait]
 impl ContributorService for Contributors {
@@ -141,20 +188,26 @@ impl ContributorService for Contributors {
         &self,
         request: Request<v1::CreateInviteRequest>,
     ) -> Result<Response<v1::CreateInviteResponse>, Status> {
-        Ok(Response::new(Contributors::create_invite(self, request.into_inner()).await?))
+        Ok(Response::new(
+            Contributors::create_invite(self, request.into_inner()).await?,
+        ))
     }
 
     async fn register(
         &self,
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
-        Ok(Response::new(Contributors::register(self, request.into_inner()).await?))
+        Ok(Response::new(
+            Contributors::register(self, request.into_inner()).await?,
+        ))
     }
 
     async fn get_contributor(
         &self,
         request: Request<v1::GetContributorRequest>,
     ) -> Result<Response<v1::Contributor>, Status> {
-        Ok(Response::new(Contributors::get_contributor(self, request.into_inner()).await?))
+        Ok(Response::new(
+            Contributors::get_contributor(self, request.into_inner()).await?,
+        ))
     }
 }

@@ -3,8 +3,8 @@
 //! causes are logged here and never sent to the caller.
 
 use tonic::Code;
-use tributary_client::{AuthError, REASON_METADATA_KEY};
 use tributary_client::convert::ConvertError;
+use tributary_client::{AuthError, REASON_METADATA_KEY};
 
 use crate::store::StoreError;
 
@@ -47,7 +47,11 @@ impl ServiceError {
     /// A failure of ours: logged in full, reported as `INTERNAL`.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(Code::Internal, "INTERNAL", "internal error; see the coordinator's log")
+        Self::new(
+            Code::Internal,
+            "INTERNAL",
+            "internal error; see the coordinator's log",
+        )
     }
 }
 
@@ -56,7 +60,8 @@ impl From<ServiceError> for tonic::Status {
         if error.code != Code::Internal {
             tracing::info!(reason = error.reason, detail = %error.detail, "request refused");
         }
-        let mut status = tonic::Status::new(error.code, format!("{}: {}", error.reason, error.detail));
+        let mut status =
+            tonic::Status::new(error.code, format!("{}: {}", error.reason, error.detail));
         if let Ok(value) = error.reason.parse() {
             status.metadata_mut().insert(REASON_METADATA_KEY, value);
         }

@@ -41,7 +41,9 @@ impl Ledger {
 
 fn proof_error(error: crate::store::StoreError) -> ServiceError {
     match error {
-        crate::store::StoreError::Proof(e) => ServiceError::invalid("BAD_PROOF_REQUEST", e.to_string()),
+        crate::store::StoreError::Proof(e) => {
+            ServiceError::invalid("BAD_PROOF_REQUEST", e.to_string())
+        }
         other => other.into(),
     }
 }
@@ -113,9 +115,9 @@ impl LedgerService for Ledger {
         request: Request<v1::LookupRequest>,
     ) -> Result<Response<v1::LookupResponse>, Status> {
         let key = match request.into_inner().key {
-            Some(v1::lookup_request::Key::ContributorId(id)) => {
-                LookupKey::Contributor(convert::contributor_id("contributor_id", &id).map_err(ServiceError::from)?)
-            }
+            Some(v1::lookup_request::Key::ContributorId(id)) => LookupKey::Contributor(
+                convert::contributor_id("contributor_id", &id).map_err(ServiceError::from)?,
+            ),
             Some(v1::lookup_request::Key::Expert(d)) => LookupKey::Expert(ExpertDigest(
                 convert::digest("expert", Some(&d)).map_err(ServiceError::from)?,
             )),

@@ -152,10 +152,10 @@ impl AppState {
                     derived.origin, state.origin
                 )));
             }
-            state.metrics.ledger_size.store(
-                auditor.size(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            state
+                .metrics
+                .ledger_size
+                .store(auditor.size(), std::sync::atomic::Ordering::Relaxed);
         }
         Ok(state)
     }

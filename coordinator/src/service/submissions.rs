@@ -32,7 +32,11 @@ fn state_of(text: &str) -> v1::SubmissionState {
 }
 
 impl Submissions {
-    async fn status(&self, conn: &mut sqlx::PgConnection, id: &str) -> ServiceResult<v1::SubmissionStatus> {
+    async fn status(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        id: &str,
+    ) -> ServiceResult<v1::SubmissionStatus> {
         let row = sqlx::query(
             r"SELECT contributor_id, expert_digest, state, reason_code, submitted_idx, decided_idx
               FROM submissions WHERE submission_id = $1",
@@ -40,7 +44,9 @@ impl Submissions {
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| ServiceError::not_found("UNKNOWN_SUBMISSION", format!("no submission {id:?}")))?;
+        .ok_or_else(|| {
+            ServiceError::not_found("UNKNOWN_SUBMISSION", format!("no submission {id:?}"))
+        })?;
         let results = sqlx::query(
             r"SELECT step, passed, figure, reason_code, detail FROM validation_results
               WHERE submission_id = $1 ORDER BY step_no",
@@ -58,17 +64,25 @@ impl Submissions {
         Ok(v1::SubmissionStatus {
             submission_id: id.to_string(),
             contributor_id: row.try_get("contributor_id")?,
-            expert: Some(v1::Digest { sha256: row.try_get("expert_digest")? }),
+            expert: Some(v1::Digest {
+                sha256: row.try_get("expert_digest")?,
+            }),
             state: state_of(&row.try_get::<String, _>("state")?) as i32,
-            reason_code: row.try_get::<Option<String>, _>("reason_code")?.unwrap_or_default(),
+            reason_code: row
+                .try_get::<Option<String>, _>("reason_code")?
+                .unwrap_or_default(),
             results: results
                 .iter()
                 .map(|r| {
                     Ok(v1::ValidationResult {
                         step: r.try_get("step")?,
                         passed: r.try_get("passed")?,
-                        figure: r.try_get::<Option<String>, _>("figure")?.unwrap_or_default(),
-                        reason_code: r.try_get::<Option<String>, _>("reason_code")?.unwrap_or_default(),
+                        figure: r
+                            .try_get::<Option<String>, _>("figure")?
+                            .unwrap_or_default(),
+                        reason_code: r
+                            .try_get::<Option<String>, _>("reason_code")?
+                            .unwrap_or_default(),
                         detail: r.try_get("detail")?,
                     })
                 })
@@ -78,7 +92,10 @@ impl Submissions {
         })
     }
 
-    async fn upload(&self, mut stream: Streaming<v1::UploadExpertRequest>) -> ServiceResult<v1::SubmissionStatus> {
+    async fn upload(
+        &self,
+        mut stream: Streaming<v1::UploadExpertRequest>,
+    ) -> ServiceResult<v1::SubmissionStatus> {
         let first = stream
             .message()
             .await
@@ -87,13 +104,18 @@ impl Submissions {
             message: Some(v1::upload_expert_request::Message::Header(header)),
         }) = first
         else {
-            return Err(ServiceError::invalid("MALFORMED_REQUEST", "the first message must be the header"));
+            return Err(ServiceError::invalid(
+                "MALFORMED_REQUEST",
+                "the first message must be the header",
+            ));
         };
         let mut tx = self.0.pool.begin().await?;
         let caller = auth::authenticate(&self.0, &mut tx, &header).await?;
         let record = caller.contributor()?;
         if record.contributor.as_str() != header.contributor_id {
-            return Err(ServiceError::not_owner("the upload names another contributor"));
+            return Err(ServiceError::not_owner(
+                "the upload names another contributor",
+            ));
         }
         Err(ServiceError::new(
             Code::Unimplemented,
@@ -117,7 +139,10 @@ impl SubmissionService for Submissions {
         request: Request<v1::GetSubmissionRequest>,
     ) -> Result<Response<v1::SubmissionStatus>, Status> {
         let mut conn = self.0.pool.acquire().await.map_err(ServiceError::from)?;
-        Ok(Response::new(self.status(&mut conn, &request.into_inner().submission_id).await?))
+        Ok(Response::new(
+            self.status(&mut conn, &request.into_inner().submission_id)
+                .await?,
+        ))
     }
 
     async fn list_submissions(

@@ -28,7 +28,11 @@ struct VersionManifest<'a> {
 
 /// The digest of a version's manifest: SHA-256 of the canonical JSON of its
 /// anchor, ordered experts and top-k — what `ModelVersionPublished` records.
-pub fn manifest_digest(anchor: &Sha256Digest, experts: &[VersionExpert], top_k: u32) -> Sha256Digest {
+pub fn manifest_digest(
+    anchor: &Sha256Digest,
+    experts: &[VersionExpert],
+    top_k: u32,
+) -> Sha256Digest {
     let bytes = tributary_ledger::canonical::to_canonical_bytes(&VersionManifest {
         anchor,
         experts,
@@ -66,17 +70,30 @@ pub fn version_to_proto(row: &VersionRow) -> v1::ModelVersion {
 }
 
 impl Versions {
-    async fn list(&self, request: v1::ListVersionsRequest) -> ServiceResult<v1::ListVersionsResponse> {
+    async fn list(
+        &self,
+        request: v1::ListVersionsRequest,
+    ) -> ServiceResult<v1::ListVersionsResponse> {
         let state = &self.0;
         let purpose = if request.purpose.is_empty() {
             None
         } else {
-            Some(Purpose::new(request.purpose.as_str()).map_err(|e| ServiceError::invalid("MALFORMED_REQUEST", e.to_string()))?)
+            Some(
+                Purpose::new(request.purpose.as_str())
+                    .map_err(|e| ServiceError::invalid("MALFORMED_REQUEST", e.to_string()))?,
+            )
         };
         let before = page_token(request.page.as_ref().map_or("", |p| p.page_token.as_str()))?;
         let limit = page_size(state, request.page.as_ref());
         let mut conn = state.pool.acquire().await?;
-        let found = rows::list_versions(&mut conn, purpose.as_ref(), request.include_revoked, before, limit + 1).await?;
+        let found = rows::list_versions(
+            &mut conn,
+            purpose.as_ref(),
+            request.include_revoked,
+            before,
+            limit + 1,
+        )
+        .await?;
         let more = found.len() > limit as usize;
         let page: Vec<_> = found.into_iter().take(limit as usize).collect();
         Ok(v1::ListVersionsResponse {
@@ -92,12 +109,18 @@ impl Versions {
         let mut conn = self.0.pool.acquire().await?;
         let row = rows::version(&mut conn, VersionNumber(request.version))
             .await?
-            .ok_or_else(|| ServiceError::not_found("UNKNOWN_VERSION", format!("no version {}", request.version)))?;
+            .ok_or_else(|| {
+                ServiceError::not_found(
+                    "UNKNOWN_VERSION",
+                    format!("no version {}", request.version),
+                )
+            })?;
         Ok(version_to_proto(&row))
     }
 }
 
-type DownloadStream = tokio_stream::wrappers::ReceiverStream<Result<v1::DownloadVersionResponse, Status>>;
+type DownloadStream =
+    tokio_stream::wrappers::ReceiverStream<Result<v1::DownloadVersionResponse, Status>>;
 
 #[tonic::async_trait]
 impl VersionService for Versions {
@@ -122,7 +145,10 @@ impl VersionService for Versions {
         request: Request<v1::DownloadVersionRequest>,
     ) -> Result<Response<Self::DownloadVersionStream>, Status> {
         // Check the version exists first, so an unknown one gets NOT_FOUND.
-        self.get(v1::GetVersionRequest { version: request.get_ref().version }).await?;
+        self.get(v1::GetVersionRequest {
+            version: request.get_ref().version,
+        })
+        .await?;
         Err(ServiceError::new(
             Code::Unimplemented,
             "NOT_IMPLEMENTED",

@@ -37,7 +37,9 @@ pub async fn catch_up(auditor: &mut Auditor, conn: &mut PgConnection) -> Result<
     while auditor.size() < size {
         let page = PgLedger::entries(&mut *conn, auditor.size(), size).await?;
         if page.is_empty() {
-            return Err(StoreError::Corrupt("ledger entries stop short of its size".into()));
+            return Err(StoreError::Corrupt(
+                "ledger entries stop short of its size".into(),
+            ));
         }
         for (_, bytes) in page {
             let violations = auditor.append(&bytes);
@@ -114,7 +116,12 @@ impl<'s> LedgerTx<'s> {
             return Err(ServiceError::new(
                 Code::FailedPrecondition,
                 "LEDGER_RULE",
-                format!("the {} entry would break rule {:?}: {}", appended.entry.event.kind(), v.rule, v.reason),
+                format!(
+                    "the {} entry would break rule {:?}: {}",
+                    appended.entry.event.kind(),
+                    v.rule,
+                    v.reason
+                ),
             ));
         }
         self.appended.push(appended.clone());
@@ -130,7 +137,10 @@ impl<'s> LedgerTx<'s> {
             return Err(ServiceError::new(
                 Code::FailedPrecondition,
                 "LEDGER_RULE",
-                format!("the change would leave rule {:?} broken: {}", v.rule, v.reason),
+                format!(
+                    "the change would leave rule {:?} broken: {}",
+                    v.rule, v.reason
+                ),
             ));
         }
         let Some(last) = self.appended.last() else {
@@ -151,7 +161,10 @@ impl<'s> LedgerTx<'s> {
         }
         self.tx.commit().await?;
         *self.auditor = self.trial;
-        self.state.metrics.ledger_size.store(size, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .metrics
+            .ledger_size
+            .store(size, std::sync::atomic::Ordering::Relaxed);
         Ok(receipts)
     }
 }
@@ -163,7 +176,10 @@ pub async fn receipt_for(conn: &mut PgConnection, index: u64) -> ServiceResult<R
         .ok_or_else(|| ServiceError::internal("no checkpoint is stored"))?;
     let entries = PgLedger::entries(&mut *conn, index, index + 1).await?;
     let Some((_, bytes)) = entries.into_iter().next() else {
-        return Err(ServiceError::not_found("UNKNOWN_ENTRY", format!("no entry {index}")));
+        return Err(ServiceError::not_found(
+            "UNKNOWN_ENTRY",
+            format!("no entry {index}"),
+        ));
     };
     let proof = PgLedger::inclusion_proof(&mut *conn, index, checkpoint.size).await?;
     Ok(Receipt {

@@ -281,12 +281,14 @@ pub async fn mark_expert_erased(
     expert: &ExpertRow,
     index: u64,
 ) -> Result<(), StoreError> {
-    sqlx::query(r"UPDATE experts SET erased_idx = $2 WHERE expert_digest = $1 AND erased_idx IS NULL")
-        .bind(expert.digest.0.0.as_slice())
-        .bind(to_i64(index, "ledger index")?)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+    sqlx::query(
+        r"UPDATE experts SET erased_idx = $2 WHERE expert_digest = $1 AND erased_idx IS NULL",
+    )
+    .bind(expert.digest.0.0.as_slice())
+    .bind(to_i64(index, "ledger index")?)
+    .execute(&mut *conn)
+    .await
+    .map_err(StoreError::from_sqlx)?;
     sqlx::query(r"UPDATE submissions SET state = 'erased' WHERE submission_id = $1")
         .bind(expert.submission.as_str())
         .execute(&mut *conn)
@@ -549,5 +551,7 @@ pub async fn lookup(
         .bind(i64::from(limit))
         .fetch_all(conn)
         .await?;
-    rows.into_iter().map(|i| to_u64(i, "ledger index")).collect()
+    rows.into_iter()
+        .map(|i| to_u64(i, "ledger index"))
+        .collect()
 }

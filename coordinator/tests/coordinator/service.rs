@@ -17,7 +17,7 @@ use tributary_client::convert::consent_to_proto;
 use tributary_client::{Client, ClientError, ClientTls, RequestSigner, verify_receipt};
 use tributary_ledger::event::ConsentGranted;
 use tributary_ledger::{
-    Checkpoint, ConsentId, ContributorId, Event, ExpertDigest, NoteVerifier, Purpose, PublicKey,
+    Checkpoint, ConsentId, ContributorId, Event, ExpertDigest, NoteVerifier, PublicKey, Purpose,
     ReplayOptions, Sha256Digest, replay,
 };
 use tributary_protos::v1;
@@ -101,7 +101,9 @@ impl TestServer {
     }
 
     async fn client(&self) -> Client {
-        Client::connect(&self.url(), Some(&self.tls())).await.unwrap()
+        Client::connect(&self.url(), Some(&self.tls()))
+            .await
+            .unwrap()
     }
 
     fn operator(&self) -> RequestSigner {
@@ -183,12 +185,17 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     let mut body = raw[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = Vec::new();
         let mut rest = body.as_slice();
         loop {
             let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16).unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16)
+                    .unwrap();
             if size == 0 {
                 break;
             }
@@ -228,7 +235,10 @@ async fn invite_register_consent_withdraw_over_tls_with_verified_receipts() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     let alice = enrol(&server, &base, "alice", 2).await;
     let record = alice
@@ -245,13 +255,20 @@ async fn invite_register_consent_withdraw_over_tls_with_verified_receipts() {
     // Registering again with the same invite is idempotent.
     let invite = base
         .with_signer(server.operator())
-        .create_invite(&ContributorId::new("alice").unwrap(), "alice org", &PublicKey::of(&key(2)))
+        .create_invite(
+            &ContributorId::new("alice").unwrap(),
+            "alice org",
+            &PublicKey::of(&key(2)),
+        )
         .await
         .unwrap();
     let again = alice.register("alice org", &invite).await.unwrap();
     assert_eq!(again.contributor.unwrap().ledger_index, 1);
 
-    let granted = alice.grant_consent(terms("consent-a", "alice", b"expert a")).await.unwrap();
+    let granted = alice
+        .grant_consent(terms("consent-a", "alice", b"expert a"))
+        .await
+        .unwrap();
     let entry = verify_receipt(granted.receipt.as_ref(), &server.verifiers()).unwrap();
     assert!(matches!(&entry.event, Event::ConsentGranted(g) if g.consent.as_str() == "consent-a"));
     let listed = alice.list_consents(10).await.unwrap();
@@ -260,9 +277,14 @@ async fn invite_register_consent_withdraw_over_tls_with_verified_receipts() {
     let first_checkpoint = alice.checkpoint().await.unwrap();
 
     // No expert was accepted, so no version lists it: the withdrawal is the only entry.
-    let withdrawn = alice.withdraw_consent(&ConsentId::new("consent-a").unwrap()).await.unwrap();
+    let withdrawn = alice
+        .withdraw_consent(&ConsentId::new("consent-a").unwrap())
+        .await
+        .unwrap();
     let entry = verify_receipt(withdrawn.withdrawal.as_ref(), &server.verifiers()).unwrap();
-    assert!(matches!(&entry.event, Event::ConsentWithdrawn(w) if w.consent.as_str() == "consent-a"));
+    assert!(
+        matches!(&entry.event, Event::ConsentWithdrawn(w) if w.consent.as_str() == "consent-a")
+    );
     assert!(withdrawn.published_versions.is_empty() && withdrawn.erasure.is_none());
     let listed = alice.list_consents(10).await.unwrap();
     assert_eq!(listed[0].state, v1::ConsentState::Withdrawn as i32);
@@ -284,9 +306,19 @@ async fn invite_register_consent_withdraw_over_tls_with_verified_receipts() {
         .await
         .unwrap()
         .into_inner();
-    let hashes: Vec<_> = proof.hashes.iter().map(|h| tributary_ledger::Hash::from_slice(h).unwrap()).collect();
+    let hashes: Vec<_> = proof
+        .hashes
+        .iter()
+        .map(|h| tributary_ledger::Hash::from_slice(h).unwrap())
+        .collect();
     tributary_ledger::verify_checkpoint_consistency(&older, &newer, &hashes).unwrap();
-    let entries: Vec<Vec<u8>> = alice.entries(0, 100).await.unwrap().into_iter().map(|e| e.data).collect();
+    let entries: Vec<Vec<u8>> = alice
+        .entries(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     assert_eq!(entries.len(), 4);
     let audit = replay(
         &entries,
@@ -297,10 +329,19 @@ async fn invite_register_consent_withdraw_over_tls_with_verified_receipts() {
     );
     // The wrong trusted key is caught; the right one (from LogCreated) audits clean.
     assert!(!audit.is_clean());
-    let audit = replay(&entries, &ReplayOptions { operator_key: None, checkpoints: vec![newer.clone()] });
+    let audit = replay(
+        &entries,
+        &ReplayOptions {
+            operator_key: None,
+            checkpoints: vec![newer.clone()],
+        },
+    );
     assert!(audit.is_clean(), "{:?}", audit.violations);
     assert_eq!(
-        alice.lookup_contributor(&ContributorId::new("alice").unwrap()).await.unwrap(),
+        alice
+            .lookup_contributor(&ContributorId::new("alice").unwrap())
+            .await
+            .unwrap(),
         vec![1, 2, 3]
     );
 
@@ -311,15 +352,29 @@ async fn invite_register_consent_withdraw_over_tls_with_verified_receipts() {
     assert_eq!(String::from_utf8(body).unwrap(), latest.note);
     let (status, body) = http_get(http, "/tile/entries/000.p/4").await;
     assert_eq!(status, 200);
-    assert_eq!(tributary_ledger::tiles::decode_entry_bundle(&body).unwrap(), entries);
+    assert_eq!(
+        tributary_ledger::tiles::decode_entry_bundle(&body).unwrap(),
+        entries
+    );
     let (status, body) = http_get(http, "/tile/0/000.p/4").await;
     assert_eq!(status, 200);
     assert_eq!(body.len(), 4 * 32);
-    assert_eq!(&body[..32], tributary_ledger::leaf_hash(&entries[0]).0.as_slice());
-    assert_eq!(http_get(http, "/tile/entries/000.p/5").await.0, 404, "beyond the checkpoint");
+    assert_eq!(
+        &body[..32],
+        tributary_ledger::leaf_hash(&entries[0]).0.as_slice()
+    );
+    assert_eq!(
+        http_get(http, "/tile/entries/000.p/5").await.0,
+        404,
+        "beyond the checkpoint"
+    );
     let (status, body) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
-    assert!(String::from_utf8(body).unwrap().contains("tributary_ledger_entries 4"));
+    assert!(
+        String::from_utf8(body)
+            .unwrap()
+            .contains("tributary_ledger_entries 4")
+    );
 
     server.stop().await;
 }
@@ -330,7 +385,10 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
     let base = server.client().await;
     let alice = enrol(&server, &base, "alice", 2).await;
     let bob = enrol(&server, &base, "bob", 3).await;
-    alice.grant_consent(terms("consent-a", "alice", b"expert a")).await.unwrap();
+    alice
+        .grant_consent(terms("consent-a", "alice", b"expert a"))
+        .await
+        .unwrap();
     let signer = alice.signer().unwrap().clone();
 
     let grant = |consent: &str| {
@@ -349,7 +407,11 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
     signer.sign(&mut tampered).unwrap();
     tampered.terms.as_mut().unwrap().licence = "proprietary".into();
     assert_refused(
-        alice.consents().grant_consent(tampered).await.map_err(ClientError::from),
+        alice
+            .consents()
+            .grant_consent(tampered)
+            .await
+            .map_err(ClientError::from),
         Code::Unauthenticated,
         "BAD_REQUEST_SIGNATURE",
     );
@@ -358,9 +420,15 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
     // A request signed ten minutes ago.
     let mut stale = grant("consent-b");
     let ten_minutes_ago = tributary_client::signing::now_unix_ms() - 600_000;
-    signer.sign_with(&mut stale, ten_minutes_ago, &[7; 16]).unwrap();
+    signer
+        .sign_with(&mut stale, ten_minutes_ago, &[7; 16])
+        .unwrap();
     assert_refused(
-        alice.consents().grant_consent(stale).await.map_err(ClientError::from),
+        alice
+            .consents()
+            .grant_consent(stale)
+            .await
+            .map_err(ClientError::from),
         Code::Unauthenticated,
         "STALE_TIMESTAMP",
     );
@@ -369,7 +437,9 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
     // A contributor nobody registered.
     let mallory = base.with_signer(RequestSigner::new("mallory", key(9)));
     assert_refused(
-        mallory.grant_consent(terms("consent-m", "mallory", b"m")).await,
+        mallory
+            .grant_consent(terms("consent-m", "mallory", b"m"))
+            .await,
         Code::Unauthenticated,
         "UNKNOWN_CONTRIBUTOR",
     );
@@ -377,19 +447,28 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
 
     // Bob acting on Alice's records.
     assert_refused(
-        bob.withdraw_consent(&ConsentId::new("consent-a").unwrap()).await,
+        bob.withdraw_consent(&ConsentId::new("consent-a").unwrap())
+            .await,
         Code::PermissionDenied,
         "NOT_OWNER",
     );
     let mut in_her_name = terms("consent-x", "alice", b"x");
     in_her_name.data_description = "bob pretends".into();
-    assert_refused(bob.grant_consent(in_her_name).await, Code::PermissionDenied, "NOT_OWNER");
+    assert_refused(
+        bob.grant_consent(in_her_name).await,
+        Code::PermissionDenied,
+        "NOT_OWNER",
+    );
     assert_eq!(counts(server.pool()).await, before);
 
     // An operator-only call by a contributor.
     assert_refused(
         alice
-            .create_invite(&ContributorId::new("eve").unwrap(), "eve org", &PublicKey::of(&key(5)))
+            .create_invite(
+                &ContributorId::new("eve").unwrap(),
+                "eve org",
+                &PublicKey::of(&key(5)),
+            )
             .await,
         Code::PermissionDenied,
         "OPERATOR_ONLY",
@@ -398,7 +477,11 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
     // A message over the server's limit (64 KiB here).
     let mut big = terms("consent-big", "alice", b"big");
     big.data_description = "x".repeat(100 * 1024);
-    assert_refused(alice.grant_consent(big).await, Code::OutOfRange, "MESSAGE_TOO_LARGE");
+    assert_refused(
+        alice.grant_consent(big).await,
+        Code::OutOfRange,
+        "MESSAGE_TOO_LARGE",
+    );
     assert_eq!(counts(server.pool()).await, before);
 
     // A replayed request: the first goes through, its copy is refused.
@@ -407,7 +490,11 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
     alice.consents().grant_consent(once.clone()).await.unwrap();
     let after_first = counts(server.pool()).await;
     assert_refused(
-        alice.consents().grant_consent(once).await.map_err(ClientError::from),
+        alice
+            .consents()
+            .grant_consent(once)
+            .await
+            .map_err(ClientError::from),
         Code::Unauthenticated,
         "REPLAYED_NONCE",
     );
@@ -415,7 +502,11 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
 
     // A missing signature and a malformed field.
     assert_refused(
-        alice.consents().grant_consent(grant("consent-c")).await.map_err(ClientError::from),
+        alice
+            .consents()
+            .grant_consent(grant("consent-c"))
+            .await
+            .map_err(ClientError::from),
         Code::InvalidArgument,
         "MISSING_REQUEST_SIGNATURE",
     );
@@ -423,7 +514,11 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
     malformed.terms.as_mut().unwrap().expert = Some(v1::Digest { sha256: vec![1; 5] });
     signer.sign(&mut malformed).unwrap();
     assert_refused(
-        alice.consents().grant_consent(malformed).await.map_err(ClientError::from),
+        alice
+            .consents()
+            .grant_consent(malformed)
+            .await
+            .map_err(ClientError::from),
         Code::InvalidArgument,
         "MALFORMED_REQUEST",
     );
@@ -444,7 +539,11 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
     let before_upload = counts(server.pool()).await;
     assert_refused(
         alice
-            .upload_expert(&tributary_ledger::SubmissionId::new("s-1").unwrap(), &manifest, &payload)
+            .upload_expert(
+                &tributary_ledger::SubmissionId::new("s-1").unwrap(),
+                &manifest,
+                &payload,
+            )
             .await,
         Code::Unimplemented,
         "NOT_IMPLEMENTED",
@@ -453,9 +552,21 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
 
     // The service still serves, and the log still audits clean.
     let latest = alice.checkpoint().await.unwrap();
-    let entries: Vec<Vec<u8>> = alice.entries(0, 100).await.unwrap().into_iter().map(|e| e.data).collect();
+    let entries: Vec<Vec<u8>> = alice
+        .entries(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
     let checkpoint = Checkpoint::open(&latest.note, &server.verifiers()).unwrap();
-    let audit = replay(&entries, &ReplayOptions { operator_key: None, checkpoints: vec![checkpoint] });
+    let audit = replay(
+        &entries,
+        &ReplayOptions {
+            operator_key: None,
+            checkpoints: vec![checkpoint],
+        },
+    );
     assert!(audit.is_clean(), "{:?}", audit.violations);
     assert_eq!(alice.list_consents(10).await.unwrap().len(), 2);
 
@@ -473,8 +584,13 @@ async fn mtls_requires_a_client_certificate_signed_by_the_ca() {
         Ok(client) => client.checkpoint().await.err(),
         Err(e) => Some(e),
     };
-    assert!(without.is_some(), "a client without a certificate is refused");
-    let tls = server.tls().with_identity(&server.ca.client_cert, &server.ca.client_key);
+    assert!(
+        without.is_some(),
+        "a client without a certificate is refused"
+    );
+    let tls = server
+        .tls()
+        .with_identity(&server.ca.client_cert, &server.ca.client_key);
     let client = Client::connect(&server.url(), Some(&tls)).await.unwrap();
     assert_eq!(client.checkpoint().await.unwrap().size, 1);
     server.stop().await;
@@ -492,7 +608,12 @@ async fn dev_ca_keeps_secrets_private_and_a_wrong_ca_is_refused() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        for secret in [&ca.server_key, &ca.client_key, &ca.operator_key, &dir.path().join("ca.key")] {
+        for secret in [
+            &ca.server_key,
+            &ca.client_key,
+            &ca.operator_key,
+            &dir.path().join("ca.key"),
+        ] {
             let mode = std::fs::metadata(secret).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", secret.display());
         }

@@ -132,7 +132,11 @@ impl Client {
             organisation: organisation.to_string(),
             public_key: public_key.0.to_vec(),
         })?;
-        let response = self.contributors().create_invite(request).await?.into_inner();
+        let response = self
+            .contributors()
+            .create_invite(request)
+            .await?
+            .into_inner();
         Ok(convert::signature("invite", response.invite.as_ref())?)
     }
 
@@ -195,7 +199,12 @@ impl Client {
                 page_token: String::new(),
             }),
         })?;
-        Ok(self.consents().list_consents(request).await?.into_inner().consents)
+        Ok(self
+            .consents()
+            .list_consents(request)
+            .await?
+            .into_inner()
+            .consents)
     }
 
     /// Contributor: withdraws a consent now.
@@ -218,7 +227,11 @@ impl Client {
             withdrawn_at_unix: i64::try_from(now).unwrap_or(i64::MAX),
             signature: Some(convert::signature_to_proto(&statement)),
         })?;
-        Ok(self.consents().withdraw_consent(request).await?.into_inner())
+        Ok(self
+            .consents()
+            .withdraw_consent(request)
+            .await?
+            .into_inner())
     }
 
     /// Contributor: uploads `payload` (an `expert.safetensors`) under `manifest`
@@ -272,7 +285,10 @@ impl Client {
                 }
             }
         });
-        let answer = self.submissions().upload_expert(ReceiverStream::new(rx)).await;
+        let answer = self
+            .submissions()
+            .upload_expert(ReceiverStream::new(rx))
+            .await;
         reader
             .await
             .map_err(|e| ClientError::Protocol(format!("upload reader: {e}")))??;
@@ -284,7 +300,11 @@ impl Client {
         let request = v1::GetSubmissionRequest {
             submission_id: id.to_string(),
         };
-        Ok(self.submissions().get_submission(request).await?.into_inner())
+        Ok(self
+            .submissions()
+            .get_submission(request)
+            .await?
+            .into_inner())
     }
 
     /// Versions, newest first, optionally only for one purpose.
@@ -298,7 +318,12 @@ impl Client {
             include_revoked,
             page: None,
         };
-        Ok(self.versions().list_versions(request).await?.into_inner().versions)
+        Ok(self
+            .versions()
+            .list_versions(request)
+            .await?
+            .into_inner()
+            .versions)
     }
 
     /// One version.
@@ -393,7 +418,9 @@ impl Client {
     /// Indices of the entries about a contributor.
     pub async fn lookup_contributor(&self, id: &ContributorId) -> Result<Vec<u64>, ClientError> {
         let request = v1::LookupRequest {
-            key: Some(v1::lookup_request::Key::ContributorId(id.as_str().to_string())),
+            key: Some(v1::lookup_request::Key::ContributorId(
+                id.as_str().to_string(),
+            )),
         };
         Ok(self.ledger().lookup(request).await?.into_inner().indices)
     }

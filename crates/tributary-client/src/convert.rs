@@ -31,7 +31,10 @@ impl ConvertError {
 }
 
 /// Parses a required digest.
-pub fn digest(field: &'static str, value: Option<&v1::Digest>) -> Result<Sha256Digest, ConvertError> {
+pub fn digest(
+    field: &'static str,
+    value: Option<&v1::Digest>,
+) -> Result<Sha256Digest, ConvertError> {
     let value = value.ok_or_else(|| ConvertError::new(field, "missing"))?;
     let bytes: [u8; 32] = value
         .sha256
@@ -93,12 +96,16 @@ pub fn consent_id(field: &'static str, value: &str) -> Result<ConsentId, Convert
 }
 
 /// Parses consent terms into the `ConsentGranted` event they state.
-pub fn consent_from_proto(terms: Option<&v1::ConsentTerms>) -> Result<ConsentGranted, ConvertError> {
+pub fn consent_from_proto(
+    terms: Option<&v1::ConsentTerms>,
+) -> Result<ConsentGranted, ConvertError> {
     let terms = terms.ok_or_else(|| ConvertError::new("terms", "missing"))?;
     let purposes = terms
         .purposes
         .iter()
-        .map(|p| Purpose::new(p.as_str()).map_err(|e| ConvertError::new("terms.purposes", e.to_string())))
+        .map(|p| {
+            Purpose::new(p.as_str()).map_err(|e| ConvertError::new("terms.purposes", e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if purposes.is_empty() {
         return Err(ConvertError::new("terms.purposes", "at least one purpose"));
@@ -127,7 +134,11 @@ pub fn consent_to_proto(event: &ConsentGranted) -> v1::ConsentTerms {
         consent_id: event.consent.as_str().to_string(),
         contributor_id: event.contributor.as_str().to_string(),
         expert: Some(digest_to_proto(&event.expert.0)),
-        purposes: event.purposes.iter().map(|p| p.as_str().to_string()).collect(),
+        purposes: event
+            .purposes
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect(),
         expires_at_unix: event
             .expires_at
             .map_or(0, |t| i64::try_from(t.0).unwrap_or(i64::MAX)),
@@ -238,10 +249,18 @@ mod tests {
         let wire = consent_to_proto(&event);
         assert_eq!(consent_from_proto(Some(&wire)).unwrap(), event);
         let mut bad = wire.clone();
-        bad.expert = Some(v1::Digest { sha256: vec![1; 31] });
-        assert_eq!(consent_from_proto(Some(&bad)).unwrap_err().field, "terms.expert");
+        bad.expert = Some(v1::Digest {
+            sha256: vec![1; 31],
+        });
+        assert_eq!(
+            consent_from_proto(Some(&bad)).unwrap_err().field,
+            "terms.expert"
+        );
         let mut bad = wire;
         bad.purposes.clear();
-        assert_eq!(consent_from_proto(Some(&bad)).unwrap_err().field, "terms.purposes");
+        assert_eq!(
+            consent_from_proto(Some(&bad)).unwrap_err().field,
+            "terms.purposes"
+        );
     }
 }

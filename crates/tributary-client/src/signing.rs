@@ -38,7 +38,9 @@ pub enum AuthError {
     #[error("the request signature does not verify")]
     BadSignature,
     /// The timestamp is outside the accepted window.
-    #[error("the request was signed {skew_ms} ms away from the server's clock, outside the {window_ms} ms window")]
+    #[error(
+        "the request was signed {skew_ms} ms away from the server's clock, outside the {window_ms} ms window"
+    )]
     Stale {
         /// Signed time minus server time.
         skew_ms: i64,
@@ -239,8 +241,7 @@ pub fn verify_request<M: SignedMessage>(
         &auth.nonce,
         &digest,
     )?;
-    let signature =
-        Signature::from_slice(&auth.signature).map_err(|_| AuthError::BadSignature)?;
+    let signature = Signature::from_slice(&auth.signature).map_err(|_| AuthError::BadSignature)?;
     key.verify_strict(&bytes, &signature)
         .map_err(|_| AuthError::BadSignature)?;
     let skew_ms = auth.timestamp_unix_ms.saturating_sub(now_ms);
@@ -309,8 +310,8 @@ mod tests {
         let signer = RequestSigner::new("alice", key.clone());
         let mut message = request();
         signer.sign_with(&mut message, 1_000_000, &[1; 16]).unwrap();
-        let error = verify_request(&message, &key.verifying_key(), 1_000_000 + 60_001, 60_000)
-            .unwrap_err();
+        let error =
+            verify_request(&message, &key.verifying_key(), 1_000_000 + 60_001, 60_000).unwrap_err();
         assert_eq!(error.reason_code(), "STALE_TIMESTAMP");
         assert!(verify_request(&message, &key.verifying_key(), 1_000_000 - 60_000, 60_000).is_ok());
         assert_eq!(

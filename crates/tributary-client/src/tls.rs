@@ -41,9 +41,11 @@ impl ClientTls {
     /// Reads the files into tonic's rustls client configuration.
     pub fn load(&self) -> std::io::Result<ClientTlsConfig> {
         let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
         };
-        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca_file)?));
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca_file)?));
         if let Some((cert, key)) = &self.identity {
             config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
         }
