@@ -8,10 +8,20 @@
 //! - [`assemble`]: model versions assembled from blob ranges, never copied.
 //! - [`store`]: Postgres through sqlx: connection, migrations, the ledger
 //!   ([`store::PgLedger`]) and the coordinator's tables.
+//! - [`service`]: the gRPC services (the only code that sees prost types).
+//! - [`server`]: [`server::serve`], the running coordinator (gRPC + HTTP).
+//! - [`http`]: the read-only HTTP side (tlog-tiles, metrics).
+//! - [`config`]: `coordinator serve` flags, environment and config file.
+//! - [`devca`]: `coordinator dev-ca`, development certificates and operator key.
 
 pub mod anchor;
 pub mod assemble;
 pub mod blobs;
+pub mod config;
+pub mod devca;
+pub mod http;
+pub mod server;
+pub mod service;
 pub mod store;
 pub mod tiles;
 pub mod validate;

@@ -14,6 +14,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 pub mod ledger;
 pub mod records;
+pub mod state;
 
 pub use ledger::{AppendedEntry, PgLedger};
 

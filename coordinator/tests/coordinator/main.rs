@@ -17,5 +17,6 @@ mod assemble;
 mod blobs;
 mod ledger;
 mod records;
+mod service;
 mod tiles;
 mod validate;

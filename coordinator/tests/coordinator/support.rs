@@ -56,6 +56,19 @@ impl TestDb {
             .expect("connect to the test database")
     }
 
+    /// The URL of the test database (for a coordinator's `DATABASE_URL`).
+    pub fn url(&self) -> String {
+        let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
+        let (without_query, query) = match base.split_once('?') {
+            Some((b, q)) => (b.to_string(), format!("?{q}")),
+            None => (base.clone(), String::new()),
+        };
+        let (server, _) = without_query
+            .rsplit_once('/')
+            .expect("DATABASE_URL has a database path");
+        format!("{server}/{}{query}", self.name)
+    }
+
     /// Closes the pool and drops the database.
     pub async fn drop_db(self) {
         self.pool.close().await;

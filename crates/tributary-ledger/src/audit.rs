@@ -26,7 +26,9 @@ pub(crate) enum SignatureCheck {
     Invalid(String),
 }
 
-/// Checks a log entry by entry.
+/// Checks a log entry by entry. Cloning it lets a writer try entries on a
+/// copy and keep the copy only once they commit.
+#[derive(Clone)]
 pub struct Auditor {
     trusted_operator: Option<PublicKey>,
     checkpoints: Vec<Checkpoint>,

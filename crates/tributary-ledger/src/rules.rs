@@ -19,7 +19,7 @@ use crate::withdrawal::{Duty, DutyKind};
 
 /// The rule engine: derived state, violations found so far, open duties, and
 /// indexes that keep every step O(affected records) rather than O(log).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Rules {
     pub(crate) state: LedgerState,
     pub(crate) violations: Vec<Violation>,

@@ -1,0 +1,214 @@
+//! Configuration of `coordinator serve`: command-line flags, each with an
+//! environment variable, over an optional TOML file (`--config`) whose keys
+//! are the flags' long names. A flag or variable wins over the file; the file
+//! wins over the defaults. [`ServeArgs::resolve`] turns them into a checked
+//! [`ServeConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::service::Limits;
+
+/// Flags of `coordinator serve` (and keys of its TOML file).
+#[derive(clap::Args, Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys are the long flag
+    /// names, e.g. `listen = "0.0.0.0:50051"`); flags and environment win.
+    #[arg(long, env = "TRIBUTARY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address of the gRPC API [default: 127.0.0.1:50051].
+    #[arg(long, env = "TRIBUTARY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the read-only HTTP side (tlog-tiles and /metrics); off when unset.
+    #[arg(long, env = "TRIBUTARY_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Postgres URL, e.g. `postgres://postgres@127.0.0.1:5432/tributary`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory of the content-addressed blob store [default: ./blobs].
+    #[arg(long, env = "TRIBUTARY_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
+    /// PEM certificate (chain) of the gRPC server.
+    #[arg(long, env = "TRIBUTARY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the gRPC server.
+    #[arg(long, env = "TRIBUTARY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates are required (turns on mTLS).
+    #[arg(long, env = "TRIBUTARY_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// The operator's key file (from `coordinator dev-ca`): seals ledger
+    /// entries, signs invites and checkpoints; its name is the log's origin.
+    #[arg(long, env = "TRIBUTARY_OPERATOR_KEY")]
+    pub operator_key: Option<PathBuf>,
+    /// Serve gRPC without TLS. Only for a trusted local network or a TLS-terminating proxy.
+    #[arg(long, env = "TRIBUTARY_INSECURE_PLAINTEXT")]
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// How far a signed request's timestamp may be from the server's clock, in seconds [default: 300].
+    #[arg(long, env = "TRIBUTARY_REQUEST_WINDOW_SECS")]
+    pub request_window_secs: Option<u32>,
+    /// Largest gRPC message accepted, in bytes [default: 4194304].
+    #[arg(long, env = "TRIBUTARY_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Largest expert payload accepted, in bytes [default: 8 GiB].
+    #[arg(long, env = "TRIBUTARY_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// Uploads validated at the same time; more wait [default: 4].
+    #[arg(long, env = "TRIBUTARY_MAX_CONCURRENT_UPLOADS")]
+    pub max_concurrent_uploads: Option<usize>,
+}
+
+/// TLS files of the gRPC server.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA of required client certificates (mTLS), if any.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A checked configuration of the service.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// gRPC address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// HTTP address, if the HTTP side is on.
+    pub http_listen: Option<SocketAddr>,
+    /// Postgres URL.
+    pub database_url: String,
+    /// Blob directory.
+    pub blob_dir: PathBuf,
+    /// TLS, `None` only with `--insecure-plaintext`.
+    pub tls: Option<ServerTls>,
+    /// Operator key file.
+    pub operator_key: PathBuf,
+    /// Largest gRPC message, in bytes.
+    pub max_message_bytes: usize,
+    /// Limits of the service.
+    pub limits: Limits,
+}
+
+impl ServeArgs {
+    /// Takes each setting from the flags, else the file, else the default.
+    pub fn resolve(self) -> Result<ServeConfig> {
+        let file: ServeArgs = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        let database_url = self
+            .database_url
+            .or(file.database_url)
+            .context("no database: set --database-url or DATABASE_URL")?;
+        let operator_key = self
+            .operator_key
+            .or(file.operator_key)
+            .context("no operator key: set --operator-key (see `coordinator dev-ca`)")?;
+        let insecure = self.insecure_plaintext || file.insecure_plaintext;
+        let cert = self.tls_cert.or(file.tls_cert);
+        let key = self.tls_key.or(file.tls_key);
+        let client_ca = self.client_ca.or(file.client_ca);
+        let tls = match (cert, key, insecure) {
+            (Some(cert), Some(key), false) => Some(ServerTls {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, true) => None,
+            (_, _, true) => bail!("--insecure-plaintext cannot be combined with TLS files"),
+            _ => bail!(
+                "TLS needs both --tls-cert and --tls-key (or, explicitly, --insecure-plaintext)"
+            ),
+        };
+        let defaults = Limits::default();
+        Ok(ServeConfig {
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            http_listen: self.http_listen.or(file.http_listen),
+            database_url,
+            blob_dir: self
+                .blob_dir
+                .or(file.blob_dir)
+                .unwrap_or_else(|| PathBuf::from("blobs")),
+            tls,
+            operator_key,
+            max_message_bytes: self
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(4 << 20),
+            limits: Limits {
+                request_window_ms: i64::from(
+                    self.request_window_secs
+                        .or(file.request_window_secs)
+                        .unwrap_or(300),
+                ) * 1000,
+                max_page: defaults.max_page,
+                max_upload_bytes: self
+                    .max_upload_bytes
+                    .or(file.max_upload_bytes)
+                    .unwrap_or(defaults.max_upload_bytes),
+                max_concurrent_uploads: self
+                    .max_concurrent_uploads
+                    .or(file.max_concurrent_uploads)
+                    .unwrap_or(defaults.max_concurrent_uploads),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_tls_is_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\ndatabase-url = \"postgres://file\"\noperator-key = \"op.key\"\n\
+             tls-cert = \"s.pem\"\ntls-key = \"s.key\"\nrequest-window-secs = 10\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            database_url: Some("postgres://flag".into()),
+            ..Default::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.database_url, "postgres://flag");
+        assert_eq!(config.listen.port(), 7000);
+        assert_eq!(config.limits.request_window_ms, 10_000);
+        assert!(config.tls.is_some());
+
+        std::fs::write(&path, "database-url = \"x\"\noperator-key = \"k\"\n").unwrap();
+        let no_tls = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert!(
+            no_tls.resolve().is_err(),
+            "no TLS and no explicit plaintext is refused"
+        );
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let unknown = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(unknown.resolve().is_err(), "unknown keys are refused");
+    }
+}

@@ -1,0 +1,237 @@
+//! [`serve`]: the running coordinator — gRPC (TLS by rustls, optional mTLS,
+//! health, reflection, every `tributary.v1` service) and the optional HTTP
+//! side — started from a [`ServeConfig`] and stopped by a shutdown future.
+//! Tests bind `127.0.0.1:0` and read the bound addresses from [`Running`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinHandle;
+use tonic::codegen::http;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tributary_client::REASON_METADATA_KEY;
+use tributary_protos::v1::anchor_service_server::AnchorServiceServer;
+use tributary_protos::v1::consent_service_server::ConsentServiceServer;
+use tributary_protos::v1::contributor_service_server::ContributorServiceServer;
+use tributary_protos::v1::ledger_service_server::LedgerServiceServer;
+use tributary_protos::v1::submission_service_server::SubmissionServiceServer;
+use tributary_protos::v1::version_service_server::VersionServiceServer;
+
+use crate::config::ServeConfig;
+use crate::service::AppState;
+use crate::service::anchor::Anchors;
+use crate::service::consent::Consents;
+use crate::service::contributors::Contributors;
+use crate::service::ledger::Ledger;
+use crate::service::ports::LocalBlobDir;
+use crate::service::submissions::Submissions;
+use crate::service::versions::Versions;
+use crate::{devca, http as http_side, store};
+
+/// A started coordinator.
+#[derive(Debug)]
+pub struct Running {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the HTTP side listens, if on.
+    pub http_addr: Option<SocketAddr>,
+    /// The shared state (tests read the database pool from it).
+    pub state: Arc<AppState>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Waits until the servers have stopped (after the shutdown future resolved).
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.context("the server task panicked")?
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Connects to the database, applies the migrations, opens the ledger, binds
+/// the listeners and serves until `shutdown` resolves; in-flight calls finish
+/// before the servers stop.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running> {
+    let pool = store::connect(&config.database_url)
+        .await
+        .context("connecting to the database")?;
+    store::migrate(&pool)
+        .await
+        .context("applying the migrations")?;
+    let signer = devca::read_operator_key(&config.operator_key)?;
+    let operator = devca::operator_signing_key(&config.operator_key)?;
+    std::fs::create_dir_all(&config.blob_dir)
+        .with_context(|| format!("creating {}", config.blob_dir.display()))?;
+    let state = AppState::open(
+        pool,
+        signer,
+        operator,
+        config.limits.clone(),
+        Arc::new(LocalBlobDir(config.blob_dir.clone())),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("opening the ledger: {}", e.detail))?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let mut tls_config =
+            ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(ca) = &tls.client_ca {
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(tls_config).context("configuring TLS")?;
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ContributorServiceServer<Contributors>>()
+        .await;
+    health.set_serving::<ConsentServiceServer<Consents>>().await;
+    health.set_serving::<LedgerServiceServer<Ledger>>().await;
+    health.set_serving::<VersionServiceServer<Versions>>().await;
+    health.set_serving::<AnchorServiceServer<Anchors>>().await;
+    health
+        .set_serving::<SubmissionServiceServer<Submissions>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tributary_protos::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let max = config.max_message_bytes;
+    let counted = state.clone();
+    let annotate = tower::util::MapResponseLayer::new(
+        move |mut response: http::Response<tonic::body::Body>| {
+            counted.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            let code = response.headers().get("grpc-status").cloned();
+            if let Some(code) = code
+                && code.as_bytes() != b"0"
+            {
+                counted.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                // tonic refuses oversized messages itself (OUT_OF_RANGE, or
+                // RESOURCE_EXHAUSTED); give them our reason code too. The services
+                // never answer these codes themselves.
+                if matches!(code.as_bytes(), b"8" | b"11")
+                    && !response.headers().contains_key(REASON_METADATA_KEY)
+                {
+                    response.headers_mut().insert(
+                        REASON_METADATA_KEY,
+                        http::HeaderValue::from_static("MESSAGE_TOO_LARGE"),
+                    );
+                }
+            }
+            response
+        },
+    );
+    let router = builder
+        .layer(annotate)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            ContributorServiceServer::new(Contributors(state.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            ConsentServiceServer::new(Consents(state.clone())).max_decoding_message_size(max),
+        )
+        .add_service(LedgerServiceServer::new(Ledger(state.clone())).max_decoding_message_size(max))
+        .add_service(
+            VersionServiceServer::new(Versions(state.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            AnchorServiceServer::new(Anchors(state.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            SubmissionServiceServer::new(Submissions(state.clone())).max_decoding_message_size(max),
+        );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let http_task = http_listener.map(|listener| {
+        let app = http_side::router(state.clone());
+        let signal = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+        })
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let grpc_signal = stopped(stop_rx);
+    tracing::info!(%grpc_addr, ?http_addr, tls = config.tls.is_some(), origin = %state.origin, "coordinator serving");
+    let task = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, grpc_signal)
+            .await
+            .context("the gRPC server failed")?;
+        if let Some(http) = http_task {
+            http.await
+                .context("the HTTP task panicked")?
+                .context("the HTTP server failed")?;
+        }
+        tracing::info!("coordinator stopped");
+        Ok(())
+    });
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        state,
+        task,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutdown requested");
+}

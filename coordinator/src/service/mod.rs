@@ -1,0 +1,181 @@
+//! The gRPC layer: the only part of the coordinator that sees prost types.
+//! Each service converts its messages to domain types (through
+//! `tributary_client::convert`, the same code the client uses), authenticates
+//! mutating calls ([`auth`]), and writes each state change through
+//! [`writer::LedgerTx`]: ledger entries and rows in one transaction, checked
+//! by the ledger's rules, then a signed checkpoint.
+//!
+//! - [`error`]: [`ServiceError`] → `tonic::Status` with reason codes.
+//! - [`auth`]: signed requests, replay protection, callers.
+//! - [`writer`]: the transaction that appends entries.
+//! - [`contributors`], [`consent`], [`ledger`], [`versions`], [`anchor`],
+//!   [`submissions`]: one file per service.
+//! - [`ports`]: the interfaces to the blob store and the validator.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use ed25519_dalek::SigningKey;
+use sqlx::PgPool;
+use tributary_ledger::event::LogCreated;
+use tributary_ledger::{Auditor, Event, NoteSigner, PublicKey, ReplayOptions, SignedEvent};
+
+use crate::store::PgLedger;
+
+pub mod anchor;
+pub mod auth;
+pub mod consent;
+pub mod contributors;
+pub mod error;
+pub mod ledger;
+pub mod ports;
+pub mod submissions;
+pub mod versions;
+pub mod writer;
+
+pub use error::{ServiceError, ServiceResult};
+
+/// Limits the service enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// How far a request's timestamp may be from the server's clock, in ms.
+    pub request_window_ms: i64,
+    /// Largest page a list call returns.
+    pub max_page: u32,
+    /// Largest expert payload accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Uploads processed at once.
+    pub max_concurrent_uploads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_window_ms: 5 * 60 * 1000,
+            max_page: 500,
+            max_upload_bytes: 8 << 30,
+            max_concurrent_uploads: 4,
+        }
+    }
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Entries in the ledger after the last commit.
+    pub ledger_size: AtomicU64,
+    /// gRPC requests answered.
+    pub requests: AtomicU64,
+    /// gRPC requests refused with an error status.
+    pub refused: AtomicU64,
+}
+
+/// Everything a handler needs, shared by every service.
+pub struct AppState {
+    /// The database.
+    pub pool: PgPool,
+    /// The operator's key: seals entries, signs invites and checkpoints.
+    pub operator: SigningKey,
+    /// The same key as a C2SP note signer named after the log's origin.
+    pub note_signer: NoteSigner,
+    /// The log's origin (checkpoint first line).
+    pub origin: String,
+    /// The rules, fed with every committed entry.
+    pub auditor: tokio::sync::Mutex<Auditor>,
+    /// Limits.
+    pub limits: Limits,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Where erased experts' weights are deleted.
+    pub blobs: Arc<dyn ports::BlobEraser>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("origin", &self.origin)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Loads the ledger into the rules, starting the log (`LogCreated` and a
+    /// first checkpoint) when the database holds none. Refuses a log created
+    /// by another operator key or for another origin.
+    pub async fn open(
+        pool: PgPool,
+        note_signer: NoteSigner,
+        operator: SigningKey,
+        limits: Limits,
+        blobs: Arc<dyn ports::BlobEraser>,
+    ) -> Result<Arc<Self>, ServiceError> {
+        let origin = note_signer.verifier().name().to_string();
+        let auditor = Auditor::new(&ReplayOptions {
+            operator_key: Some(PublicKey::of(&operator)),
+            checkpoints: Vec::new(),
+        });
+        let state = Arc::new(Self {
+            pool,
+            operator,
+            note_signer,
+            origin,
+            auditor: tokio::sync::Mutex::new(auditor),
+            limits,
+            metrics: Metrics::default(),
+            blobs,
+        });
+        let mut conn = state.pool.acquire().await?;
+        if PgLedger::size(&mut *conn).await? == 0 {
+            let tx = state.pool.begin().await?;
+            let mut ledger = writer::LedgerTx::begin(&state, tx).await?;
+            if ledger.ledger_state().origin.is_none() {
+                ledger
+                    .append(SignedEvent::coordinator(Event::LogCreated(LogCreated {
+                        origin: state.origin.clone(),
+                        operator_key: PublicKey::of(&state.operator),
+                    })))
+                    .await?;
+            }
+            ledger.commit().await?;
+        }
+        {
+            let mut auditor = state.auditor.lock().await;
+            writer::catch_up(&mut auditor, &mut conn).await?;
+            let derived = auditor.state();
+            if derived.operator_key != Some(PublicKey::of(&state.operator))
+                || derived.origin.as_deref() != Some(state.origin.as_str())
+            {
+                return Err(ServiceError::internal(format!(
+                    "the database holds the log of origin {:?} with another operator key; this \
+                     coordinator's key is for {:?}",
+                    derived.origin, state.origin
+                )));
+            }
+            state
+                .metrics
+                .ledger_size
+                .store(auditor.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(state)
+    }
+}
+
+/// Turns a page token into the value it carries (empty: the first page).
+pub fn page_token(token: &str) -> ServiceResult<Option<u64>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .parse()
+        .map(Some)
+        .map_err(|_| ServiceError::invalid("BAD_PAGE_TOKEN", "the page token is not one we issued"))
+}
+
+/// The page size to use for a request.
+pub fn page_size(state: &AppState, page: Option<&tributary_protos::v1::PageRequest>) -> u32 {
+    match page.map(|p| p.page_size) {
+        None | Some(0) => 100.min(state.limits.max_page),
+        Some(n) => n.min(state.limits.max_page),
+    }
+}

@@ -1,0 +1,24 @@
+//! The client side of Tributary's gRPC API (`tributary.v1`), for the
+//! contributor agent, the auditor and the coordinator's tests.
+//!
+//! No training stack: this crate depends on the ledger and the generated
+//! protos only, so the auditor stays light.
+//!
+//! Modules:
+//! - [`signing`]: the `SignedRequest` envelope (canonical bytes, signing,
+//!   `verify_strict` verification shared with the coordinator).
+//! - [`convert`]: wire messages ↔ ledger domain types.
+//! - [`tls`]: rustls client configuration (CA file, optional mTLS identity).
+//! - [`client`]: [`Client`], typed calls, streaming upload/download, receipts.
+//! - [`error`]: [`ClientError`] and reading reason codes from a status.
+
+pub mod client;
+pub mod convert;
+pub mod error;
+pub mod signing;
+pub mod tls;
+
+pub use client::{Client, DownloadedFile, verify_receipt};
+pub use error::{ClientError, REASON_METADATA_KEY, reason_code};
+pub use signing::{AuthError, OPERATOR_KEY_ID, RequestSigner, SignedMessage, verify_request};
+pub use tls::ClientTls;
