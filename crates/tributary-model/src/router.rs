@@ -358,9 +358,21 @@ mod tests {
             fit.offset
         );
 
-        // A margin moves the boundary towards the own side: fewer public rows fire.
+        // A margin pushes public logits further below the public expert's.
         let strict = &fit_offsets(&own, &public, 1e-3, 4.0, &device).unwrap()[0];
-        assert!(strict.public_positive <= fit.public_positive);
+        let mean_logit = |w: &[f32]| -> f32 {
+            public.layers[0]
+                .chunks(h)
+                .map(|row| row.iter().zip(w).map(|(a, b)| a * b).sum::<f32>())
+                .sum::<f32>()
+                / n as f32
+        };
+        assert!(
+            mean_logit(&strict.offset) < mean_logit(&fit.offset),
+            "{} vs {}",
+            mean_logit(&strict.offset),
+            mean_logit(&fit.offset)
+        );
 
         // The training term is lower at the fitted offset than at zero.
         let set = CalibrationSet::new(&own, &public, 256, 1e-3, 0.0, &device);
