@@ -747,6 +747,20 @@ async fn uploads_are_validated_recorded_and_published_as_versions() {
         .collect();
     assert_eq!(listed, ["s-good", "s-second"]);
 
+    // The version downloads as a flex_olmo checkpoint assembled from the blobs.
+    let out = server.dir.path().join("download");
+    let files = alice
+        .download_version(versions[0].version, &out)
+        .await
+        .unwrap();
+    let names: Vec<_> = files
+        .iter()
+        .map(|f| f.path.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names, ["config.json", "model.safetensors"]);
+    let merged = tributary_model::checkpoint::Checkpoint::load(&out).unwrap();
+    assert_eq!(merged.config.num_experts, 3);
+
     // NaN weights: rejected with NON_FINITE, recorded, no blob left.
     let mut tensors = expert_tensors(9);
     let name = tributary_model::names::package_ffn(1, "up_proj");
