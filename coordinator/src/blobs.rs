@@ -342,22 +342,24 @@ impl BlobWriter {
         };
         // `finish` aborts the multipart upload itself when it fails.
         upload.finish().await?;
-        let result = self.publish(expected).await;
+        let result = Self::publish(&self.store, &self.staging, expected).await;
         if result.is_err() {
             let _ = self.store.store.delete(&self.staging).await;
         }
         result.map(|()| self.len)
     }
 
-    async fn publish(&self, digest: &Sha256Digest) -> Result<(), BlobError> {
-        let store = &self.store;
+    // Takes the parts, not `&self`: a `BlobWriter` is `Send` but not `Sync`,
+    // and the commit future must stay `Send` for the gRPC handlers.
+    async fn publish(
+        store: &BlobStore,
+        staging: &Path,
+        digest: &Sha256Digest,
+    ) -> Result<(), BlobError> {
         if store.exists(digest).await? {
-            store.store.delete(&self.staging).await?;
+            store.store.delete(staging).await?;
         } else {
-            store
-                .store
-                .rename(&self.staging, &store.key(digest))
-                .await?;
+            store.store.rename(staging, &store.key(digest)).await?;
         }
         Ok(())
     }

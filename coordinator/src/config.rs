@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Directory of the content-addressed blob store [default: ./blobs].
     #[arg(long, env = "TRIBUTARY_BLOB_DIR")]
     pub blob_dir: Option<PathBuf>,
+    /// Anchor checkpoint directory uploads are validated against (its
+    /// `model.safetensors` is stored as a blob and recorded as the current anchor).
+    #[arg(long, env = "TRIBUTARY_ANCHOR")]
+    pub anchor: Option<PathBuf>,
     /// PEM certificate (chain) of the gRPC server.
     #[arg(long, env = "TRIBUTARY_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -86,6 +90,8 @@ pub struct ServeConfig {
     pub database_url: String,
     /// Blob directory.
     pub blob_dir: PathBuf,
+    /// Anchor checkpoint directory; without it uploads are refused.
+    pub anchor: Option<PathBuf>,
     /// TLS, `None` only with `--insecure-plaintext`.
     pub tls: Option<ServerTls>,
     /// Operator key file.
@@ -143,6 +149,7 @@ impl ServeArgs {
                 .blob_dir
                 .or(file.blob_dir)
                 .unwrap_or_else(|| PathBuf::from("blobs")),
+            anchor: self.anchor.or(file.anchor),
             tls,
             operator_key,
             max_message_bytes: self

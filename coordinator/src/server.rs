@@ -20,15 +20,16 @@ use tributary_protos::v1::ledger_service_server::LedgerServiceServer;
 use tributary_protos::v1::submission_service_server::SubmissionServiceServer;
 use tributary_protos::v1::version_service_server::VersionServiceServer;
 
+use crate::blobs::BlobStore;
 use crate::config::ServeConfig;
 use crate::service::AppState;
 use crate::service::anchor::Anchors;
 use crate::service::consent::Consents;
 use crate::service::contributors::Contributors;
 use crate::service::ledger::Ledger;
-use crate::service::ports::LocalBlobDir;
 use crate::service::submissions::Submissions;
 use crate::service::versions::Versions;
+use crate::validate::AnchorReference;
 use crate::{devca, http as http_side, store};
 
 /// A started coordinator.
@@ -69,17 +70,15 @@ pub async fn serve(
         .context("applying the migrations")?;
     let signer = devca::read_operator_key(&config.operator_key)?;
     let operator = devca::operator_signing_key(&config.operator_key)?;
-    std::fs::create_dir_all(&config.blob_dir)
-        .with_context(|| format!("creating {}", config.blob_dir.display()))?;
-    let state = AppState::open(
-        pool,
-        signer,
-        operator,
-        config.limits.clone(),
-        Arc::new(LocalBlobDir(config.blob_dir.clone())),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("opening the ledger: {}", e.detail))?;
+    let blobs = BlobStore::open_local(&config.blob_dir)
+        .with_context(|| format!("opening the blob store {}", config.blob_dir.display()))?;
+    let anchor = match &config.anchor {
+        Some(dir) => Some(install_anchor(&pool, &blobs, dir).await?),
+        None => None,
+    };
+    let state = AppState::open(pool, signer, operator, config.limits.clone(), blobs, anchor)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the ledger: {}", e.detail))?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -209,6 +208,53 @@ pub async fn serve(
         state,
         task,
     })
+}
+
+/// Loads the anchor checkpoint in `dir`, stores its `model.safetensors` as a
+/// blob (streamed) and records it as the current row of `anchors`.
+async fn install_anchor(
+    pool: &sqlx::PgPool,
+    blobs: &BlobStore,
+    dir: &std::path::Path,
+) -> Result<Arc<AnchorReference>> {
+    let owned = dir.to_path_buf();
+    let anchor = tokio::task::spawn_blocking(move || AnchorReference::load(&owned))
+        .await
+        .context("the anchor loader panicked")?
+        .with_context(|| format!("loading the anchor {}", dir.display()))?;
+    let weights = dir.join("model.safetensors");
+    if !blobs.exists(&anchor.digest).await? {
+        let mut file = tokio::fs::File::open(&weights)
+            .await
+            .with_context(|| format!("opening {}", weights.display()))?;
+        let mut writer = blobs.writer().await?;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await?;
+            if n == 0 {
+                break;
+            }
+            writer.write(&buffer[..n]).await?;
+        }
+        writer.commit(&anchor.digest).await?;
+    }
+    let files = serde_json::json!({ "model.safetensors": anchor.digest.to_string() }).to_string();
+    let mut tx = pool.begin().await?;
+    sqlx::query(r"UPDATE anchors SET is_current = false WHERE is_current AND digest <> $1")
+        .bind(anchor.digest.0.as_slice())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        r"INSERT INTO anchors (digest, files, is_current) VALUES ($1, $2::text::jsonb, true)
+          ON CONFLICT ON CONSTRAINT anchors_pkey DO UPDATE SET is_current = true",
+    )
+    .bind(anchor.digest.0.as_slice())
+    .bind(files)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(anchor = %anchor.digest, "anchor loaded");
+    Ok(Arc::new(anchor))
 }
 
 /// Resolves on SIGINT or SIGTERM.

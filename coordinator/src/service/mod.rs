@@ -88,6 +88,12 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Where erased experts' weights are deleted.
     pub blobs: Arc<dyn ports::BlobEraser>,
+    /// The content-addressed blob store (uploaded experts, the anchor).
+    pub store: crate::blobs::BlobStore,
+    /// The current anchor uploads are validated against, if configured.
+    pub anchor: Option<Arc<crate::validate::AnchorReference>>,
+    /// Limits of the streaming validation.
+    pub validation: crate::validate::ValidationLimits,
 }
 
 impl std::fmt::Debug for AppState {
@@ -108,8 +114,13 @@ impl AppState {
         note_signer: NoteSigner,
         operator: SigningKey,
         limits: Limits,
-        blobs: Arc<dyn ports::BlobEraser>,
+        store: crate::blobs::BlobStore,
+        anchor: Option<Arc<crate::validate::AnchorReference>>,
     ) -> Result<Arc<Self>, ServiceError> {
+        let validation = crate::validate::ValidationLimits {
+            max_payload_bytes: limits.max_upload_bytes,
+            ..crate::validate::ValidationLimits::default()
+        };
         let origin = note_signer.verifier().name().to_string();
         let auditor = Auditor::new(&ReplayOptions {
             operator_key: Some(PublicKey::of(&operator)),
@@ -123,7 +134,10 @@ impl AppState {
             auditor: tokio::sync::Mutex::new(auditor),
             limits,
             metrics: Metrics::default(),
-            blobs,
+            blobs: Arc::new(store.clone()),
+            store,
+            anchor,
+            validation,
         });
         let mut conn = state.pool.acquire().await?;
         if PgLedger::size(&mut *conn).await? == 0 {

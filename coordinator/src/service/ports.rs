@@ -11,6 +11,16 @@ pub trait BlobEraser: Send + Sync + std::fmt::Debug {
     async fn delete(&self, sha256: &Sha256Digest) -> Result<(), String>;
 }
 
+#[tonic::async_trait]
+impl BlobEraser for crate::blobs::BlobStore {
+    async fn delete(&self, sha256: &Sha256Digest) -> Result<(), String> {
+        crate::blobs::BlobStore::delete(self, sha256)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("deleting blob {sha256}: {e}"))
+    }
+}
+
 /// A blob directory laid out as `<dir>/<hex sha256>`: enough for erasure
 /// until the content-addressed store over `object_store` is wired in.
 #[derive(Debug, Clone)]

@@ -1,6 +1,8 @@
 //! `VersionService`: published versions (list by purpose, get) and their
 //! download. A version is a manifest of blob digests; its digest is
-//! [`manifest_digest`].
+//! [`manifest_digest`]. A download streams `config.json` and the
+//! `model.safetensors` assembled from the anchor's and experts' blobs
+//! (`assemble.rs`), each after a header with its size and SHA-256.
 
 use std::sync::Arc;
 
@@ -12,7 +14,10 @@ use tributary_ledger::{Purpose, Sha256Digest, VersionNumber};
 use tributary_protos::v1;
 use tributary_protos::v1::version_service_server::VersionService;
 
+use futures::StreamExt as _;
+
 use super::{AppState, ServiceError, ServiceResult, page_size, page_token};
+use crate::assemble::{AssembledCheckpoint, VersionManifest as BlobManifest};
 use crate::store::state::{self as rows, VersionRow};
 
 /// The service.
@@ -144,16 +149,130 @@ impl VersionService for Versions {
         &self,
         request: Request<v1::DownloadVersionRequest>,
     ) -> Result<Response<Self::DownloadVersionStream>, Status> {
-        // Check the version exists first, so an unknown one gets NOT_FOUND.
-        self.get(v1::GetVersionRequest {
-            version: request.get_ref().version,
-        })
-        .await?;
-        Err(ServiceError::new(
-            Code::Unimplemented,
-            "NOT_IMPLEMENTED",
-            "version download streams from the blob store, which is not wired into this build yet",
-        )
-        .into())
+        let (files, assembled) = self.plan_download(request.get_ref().version).await?;
+        let store = self.0.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let Download {
+                config_header,
+                config,
+                model_header,
+            } = files;
+            let send = |m| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(Ok(v1::DownloadVersionResponse { message: Some(m) }))
+                        .await
+                        .is_ok()
+                }
+            };
+            if !send(Message::File(config_header)).await
+                || !send(Message::Chunk(v1::Chunk { data: config })).await
+                || !send(Message::File(model_header)).await
+            {
+                return;
+            }
+            let mut body = assembled.stream(&store);
+            while let Some(next) = body.next().await {
+                match next {
+                    Ok(bytes) => {
+                        for piece in bytes.chunks(DOWNLOAD_CHUNK) {
+                            if !send(Message::Chunk(v1::Chunk {
+                                data: piece.to_vec(),
+                            }))
+                            .await
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let status: Status = ServiceError::internal(e).into();
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+}
+
+/// Largest payload chunk of a download message.
+const DOWNLOAD_CHUNK: usize = 1 << 20;
+
+type Message = v1::download_version_response::Message;
+
+/// The files of a download besides the streamed weights.
+struct Download {
+    config_header: v1::CheckpointFile,
+    config: Vec<u8>,
+    model_header: v1::CheckpointFile,
+}
+
+impl Versions {
+    /// Plans the download of a version: `config.json` (in memory) and the
+    /// assembled `model.safetensors` (streamed from the blobs), with their headers.
+    async fn plan_download(&self, version: u64) -> ServiceResult<(Download, AssembledCheckpoint)> {
+        let state = &self.0;
+        let mut conn = state.pool.acquire().await?;
+        let row = rows::version(&mut conn, VersionNumber(version))
+            .await?
+            .ok_or_else(|| {
+                ServiceError::not_found("UNKNOWN_VERSION", format!("no version {version}"))
+            })?;
+        drop(conn);
+        if row.revoked_index.is_some() {
+            return Err(ServiceError::new(
+                Code::FailedPrecondition,
+                "VERSION_REVOKED",
+                format!("version {version} was revoked; download its replacement"),
+            ));
+        }
+        let anchor = state
+            .anchor
+            .as_ref()
+            .filter(|a| a.digest == row.anchor)
+            .ok_or_else(|| {
+                ServiceError::new(
+                    Code::FailedPrecondition,
+                    "ANCHOR_UNAVAILABLE",
+                    format!(
+                        "the anchor {} of version {version} is not loaded",
+                        row.anchor
+                    ),
+                )
+            })?;
+        let manifest = BlobManifest {
+            anchor: row.anchor,
+            experts: row.experts.iter().map(|(e, _)| e.expert.0).collect(),
+            top_k: row.top_k as usize,
+        };
+        let assembled = AssembledCheckpoint::from_manifest(&state.store, &anchor.config, &manifest)
+            .await
+            .map_err(ServiceError::internal)?;
+        let model_sha = assembled
+            .sha256(&state.store)
+            .await
+            .map_err(ServiceError::internal)?;
+        let config = assembled.config_json().into_bytes();
+        Ok((
+            Download {
+                config_header: v1::CheckpointFile {
+                    name: "config.json".into(),
+                    size: config.len() as u64,
+                    sha256: Some(digest_to_proto(&Sha256Digest::of(&config))),
+                },
+                config,
+                model_header: v1::CheckpointFile {
+                    name: "model.safetensors".into(),
+                    size: assembled.len(),
+                    sha256: Some(digest_to_proto(&model_sha)),
+                },
+            },
+            assembled,
+        ))
     }
 }

@@ -53,6 +53,7 @@ fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeCo
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
         database_url: db.url(),
         blob_dir: dir.join("blobs"),
+        anchor: Some(crate::validate::anchor_dir()),
         tls: Some(ServerTls {
             cert: ca.server_cert.clone(),
             key: ca.server_key.clone(),
@@ -523,7 +524,8 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
         "MALFORMED_REQUEST",
     );
 
-    // Uploads are not wired in this build: refused after authentication, nothing stored.
+    // A payload that is no safetensors file: recorded as rejected (BAD_HEADER),
+    // two entries (submitted, rejected) and one checkpoint, no blob.
     let payload = server.dir.path().join("expert.safetensors");
     std::fs::write(&payload, b"not an expert").unwrap();
     let manifest = tributary_ledger::event::ExpertManifest {
@@ -537,18 +539,30 @@ async fn bad_requests_get_their_status_and_reason_and_leave_nothing_behind() {
         },
     };
     let before_upload = counts(server.pool()).await;
-    assert_refused(
-        alice
-            .upload_expert(
-                &tributary_ledger::SubmissionId::new("s-1").unwrap(),
-                &manifest,
-                &payload,
-            )
-            .await,
-        Code::Unimplemented,
-        "NOT_IMPLEMENTED",
+    let status = alice
+        .upload_expert(
+            &tributary_ledger::SubmissionId::new("s-1").unwrap(),
+            &manifest,
+            &payload,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.state, v1::SubmissionState::Rejected as i32);
+    assert_eq!(status.reason_code, "BAD_HEADER");
+    let (entries, consents, contributors, nonces, checkpoints) = before_upload;
+    assert_eq!(
+        counts(server.pool()).await,
+        (
+            entries + 2,
+            consents,
+            contributors,
+            nonces + 1,
+            checkpoints + 1
+        )
     );
-    assert_eq!(counts(server.pool()).await, before_upload);
+    let blobs =
+        coordinator::blobs::BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
+    assert!(!blobs.exists(&manifest.total.0).await.unwrap());
 
     // The service still serves, and the log still audits clean.
     let latest = alice.checkpoint().await.unwrap();
@@ -626,5 +640,193 @@ async fn dev_ca_keeps_secrets_private_and_a_wrong_ca_is_refused() {
         Err(_) => true,
     };
     assert!(refused, "a server certificate from another CA is refused");
+    server.stop().await;
+}
+
+/// Writes `payload` beside the server's files and uploads it as `id`.
+async fn upload(
+    server: &TestServer,
+    client: &Client,
+    id: &str,
+    payload: &[u8],
+    manifest: &tributary_ledger::event::ExpertManifest,
+) -> v1::SubmissionStatus {
+    let path = server.dir.path().join(format!("{id}.safetensors"));
+    std::fs::write(&path, payload).unwrap();
+    client
+        .upload_expert(
+            &tributary_ledger::SubmissionId::new(id).unwrap(),
+            manifest,
+            &path,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn uploads_are_validated_recorded_and_published_as_versions() {
+    use crate::validate::{craft, expert_tensors, good_upload, manifest, raw_entries};
+    use coordinator::blobs::BlobStore;
+
+    let server = TestServer::start(Options {
+        max_message_bytes: 1 << 20,
+        ..Options::default()
+    })
+    .await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 31).await;
+    let store = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
+
+    // A valid expert with an active consent: accepted, stored, published.
+    let (payload, good) = good_upload(7);
+    let mut consent = terms("c-good", "alice", b"");
+    consent.expert = good.total;
+    alice.grant_consent(consent).await.unwrap();
+    let status = upload(&server, &alice, "s-good", &payload, &good).await;
+    assert_eq!(
+        status.state,
+        v1::SubmissionState::Accepted as i32,
+        "{status:?}"
+    );
+    assert_eq!(status.reason_code, "");
+    assert!(status.results.iter().all(|r| r.passed), "{status:?}");
+    let steps: Vec<&str> = status.results.iter().map(|r| r.step.as_str()).collect();
+    assert_eq!(steps.first(), Some(&"manifest_signature"));
+    assert_eq!(steps.last(), Some(&"consent"));
+    assert!(steps.contains(&"finite") && steps.contains(&"norm_ratio"));
+    let submitted = verify_receipt(status.submitted.as_ref(), &server.verifiers()).unwrap();
+    assert!(matches!(submitted.event, Event::ExpertSubmitted(_)));
+    let decided = verify_receipt(status.decided.as_ref(), &server.verifiers()).unwrap();
+    let Event::ExpertAccepted(accepted) = decided.event else {
+        panic!("not an acceptance: {decided:?}");
+    };
+    assert_eq!(accepted.expert, good.total);
+    assert_eq!(accepted.results.len(), status.results.len());
+    assert!(store.exists(&good.total.0).await.unwrap());
+    assert!(store.staging_objects().await.unwrap().is_empty());
+
+    let versions = alice.list_versions("research", false).await.unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let first = &versions[0];
+    assert_eq!(first.parent, None);
+    assert_eq!(
+        first.anchor.as_ref().unwrap().sha256,
+        good.anchor.0.to_vec()
+    );
+    assert_eq!(first.experts.len(), 1);
+    assert_eq!(first.experts[0].submission_id, "s-good");
+    assert_eq!(first.experts[0].consent_id, "c-good");
+    assert_eq!(
+        first.experts[0].expert.as_ref().unwrap().sha256,
+        good.total.0.0.to_vec()
+    );
+
+    // The same expert again, under another submission id: the existing one.
+    let again = upload(&server, &alice, "s-good-again", &payload, &good).await;
+    assert_eq!(again.submission_id, "s-good");
+    assert_eq!(again.state, v1::SubmissionState::Accepted as i32);
+
+    // A second expert is published on top of the first.
+    let (payload2, second) = good_upload(8);
+    let mut consent = terms("c-second", "alice", b"");
+    consent.expert = second.total;
+    alice.grant_consent(consent).await.unwrap();
+    let status = upload(&server, &alice, "s-second", &payload2, &second).await;
+    assert_eq!(
+        status.state,
+        v1::SubmissionState::Accepted as i32,
+        "{status:?}"
+    );
+    let versions = alice.list_versions("research", false).await.unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0].parent, Some(first.version));
+    let listed: Vec<&str> = versions[0]
+        .experts
+        .iter()
+        .map(|e| e.submission_id.as_str())
+        .collect();
+    assert_eq!(listed, ["s-good", "s-second"]);
+
+    // The version downloads as a flex_olmo checkpoint assembled from the blobs.
+    let out = server.dir.path().join("download");
+    let files = alice
+        .download_version(versions[0].version, &out)
+        .await
+        .unwrap();
+    let names: Vec<_> = files
+        .iter()
+        .map(|f| f.path.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names, ["config.json", "model.safetensors"]);
+    let merged = tributary_model::checkpoint::Checkpoint::load(&out).unwrap();
+    assert_eq!(merged.config.num_experts, 3);
+
+    // NaN weights: rejected with NON_FINITE, recorded, no blob left.
+    let mut tensors = expert_tensors(9);
+    let name = tributary_model::names::package_ffn(1, "up_proj");
+    let mut t = tensors.take(&name).unwrap();
+    t.data[5] = f32::NAN;
+    tensors.insert(name, t);
+    let (bad, digests) = craft(&raw_entries(&tensors), &[]);
+    let bad_manifest = manifest(&bad, digests);
+    let mut consent = terms("c-nan", "alice", b"");
+    consent.expert = bad_manifest.total;
+    alice.grant_consent(consent).await.unwrap();
+    let status = upload(&server, &alice, "s-nan", &bad, &bad_manifest).await;
+    assert_eq!(
+        status.state,
+        v1::SubmissionState::Rejected as i32,
+        "{status:?}"
+    );
+    assert_eq!(status.reason_code, "NON_FINITE");
+    let last = status.results.last().unwrap();
+    assert!(!last.passed && last.step == "finite" && last.reason_code == "NON_FINITE");
+    let decided = verify_receipt(status.decided.as_ref(), &server.verifiers()).unwrap();
+    let Event::ExpertRejected(rejected) = decided.event else {
+        panic!("not a rejection: {decided:?}");
+    };
+    assert_eq!(rejected.reason.as_str(), "NON_FINITE");
+    assert!(!store.exists(&bad_manifest.total.0).await.unwrap());
+    assert!(store.staging_objects().await.unwrap().is_empty());
+
+    // A valid expert without a consent: rejected with NO_CONSENT, no blob.
+    let (payload3, unconsented) = good_upload(10);
+    let status = upload(&server, &alice, "s-unconsented", &payload3, &unconsented).await;
+    assert_eq!(
+        status.state,
+        v1::SubmissionState::Rejected as i32,
+        "{status:?}"
+    );
+    assert_eq!(status.reason_code, "NO_CONSENT");
+    assert!(!store.exists(&unconsented.total.0).await.unwrap());
+    assert_eq!(
+        alice
+            .get_submission("s-unconsented")
+            .await
+            .unwrap()
+            .reason_code,
+        "NO_CONSENT"
+    );
+    assert_eq!(
+        alice.list_versions("research", false).await.unwrap().len(),
+        2
+    );
+
+    // The whole log still audits clean.
+    let entries: Vec<Vec<u8>> = alice
+        .entries(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    let audit = replay(
+        &entries,
+        &ReplayOptions {
+            operator_key: None,
+            checkpoints: vec![],
+        },
+    );
+    assert!(audit.is_clean(), "{:?}", audit.violations);
     server.stop().await;
 }
