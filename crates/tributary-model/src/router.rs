@@ -148,15 +148,25 @@ pub fn fit_offsets(
         weight.extend(std::iter::repeat_n(0.5 / nn as f32, nn));
         let sign = Tensor::<2>::from_data(TensorData::new(sign, [np + nn, 1]), device);
         let weight = Tensor::<2>::from_data(TensorData::new(weight, [np + nn, 1]), device);
-        let mut w = vec![0f64; h];
-        for _ in 0..30 {
-            let wt = Tensor::<2>::from_data(
+        let to_device = |w: &[f64]| {
+            Tensor::<2>::from_data(
                 TensorData::new(w.iter().map(|&v| v as f32).collect::<Vec<_>>(), [h, 1]),
                 device,
-            );
-            // z = sign · (x·w) − shift; loss softplus(−z); dloss/dz = −σ(−z).
-            let m = x.clone().matmul(wt) * sign.clone() - shift.clone();
-            let q = burn::tensor::activation::sigmoid(m.neg());
+            )
+        };
+        // z = sign · (x·w) − shift; loss softplus(−z).
+        let margins = |w: &[f64]| x.clone().matmul(to_device(w)) * sign.clone() - shift.clone();
+        let objective = |w: &[f64]| -> f64 {
+            let z = margins(w).neg();
+            let sp = relu(z.clone()) + z.abs().neg().exp().log1p();
+            let data: f32 = (sp * weight.clone()).sum().into_scalar::<f32>();
+            f64::from(data) + 0.5 * l2 * w.iter().map(|v| v * v).sum::<f64>()
+        };
+        let mut w = vec![0f64; h];
+        let mut current = objective(&w);
+        for _ in 0..30 {
+            // dloss/dz = −σ(−z); d²loss/dz² = σ(−z)(1 − σ(−z)).
+            let q = burn::tensor::activation::sigmoid(margins(&w).neg());
             let gcoef = (q.clone() * sign.clone() * weight.clone()).neg();
             let grad = x.clone().transpose().matmul(gcoef);
             let hcoef = (q.clone() * (q.neg().add_scalar(1.0)) * weight.clone()).sqrt();
@@ -169,10 +179,22 @@ pub fn fit_offsets(
                 hess[i * h + i] += l2;
             }
             cholesky_solve(&mut hess, &mut g, h)?;
-            let step: f64 = g.iter().map(|v| v * v).sum::<f64>().sqrt();
-            for (wi, d) in w.iter_mut().zip(&g) {
-                *wi -= d;
+            // Damped Newton: halve the step until the objective does not rise
+            // (a full step overshoots when the start is far from the optimum).
+            let mut t = 1.0;
+            let mut next: Vec<f64>;
+            let mut value;
+            loop {
+                next = w.iter().zip(&g).map(|(wi, d)| wi - t * d).collect();
+                value = objective(&next);
+                if value <= current || t < 1e-6 {
+                    break;
+                }
+                t *= 0.5;
             }
+            let step = t * g.iter().map(|v| v * v).sum::<f64>().sqrt();
+            w = next;
+            current = value;
             let norm: f64 = w.iter().map(|v| v * v).sum::<f64>().sqrt();
             if step <= 1e-6 * norm.max(1.0) {
                 break;
