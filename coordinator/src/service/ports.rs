@@ -20,19 +20,3 @@ impl BlobEraser for crate::blobs::BlobStore {
             .map_err(|e| format!("deleting blob {sha256}: {e}"))
     }
 }
-
-/// A blob directory laid out as `<dir>/<hex sha256>`: enough for erasure
-/// until the content-addressed store over `object_store` is wired in.
-#[derive(Debug, Clone)]
-pub struct LocalBlobDir(pub std::path::PathBuf);
-
-#[tonic::async_trait]
-impl BlobEraser for LocalBlobDir {
-    async fn delete(&self, sha256: &Sha256Digest) -> Result<(), String> {
-        match tokio::fs::remove_file(self.0.join(sha256.to_string())).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("deleting blob {sha256}: {e}")),
-        }
-    }
-}
