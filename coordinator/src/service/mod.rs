@@ -90,8 +90,9 @@ pub struct AppState {
     pub blobs: Arc<dyn ports::BlobEraser>,
     /// The content-addressed blob store (uploaded experts, the anchor).
     pub store: crate::blobs::BlobStore,
-    /// The current anchor uploads are validated against, if configured.
-    pub anchor: Option<Arc<crate::validate::AnchorReference>>,
+    /// The current anchor uploads are validated against, if any (read it
+    /// with [`AppState::current_anchor`]; publishing an anchor replaces it).
+    anchor: std::sync::RwLock<Option<Arc<crate::validate::AnchorReference>>>,
     /// Limits of the streaming validation.
     pub validation: crate::validate::ValidationLimits,
 }
@@ -136,7 +137,7 @@ impl AppState {
             metrics: Metrics::default(),
             blobs: Arc::new(store.clone()),
             store,
-            anchor,
+            anchor: std::sync::RwLock::new(anchor),
             validation,
         });
         let mut conn = state.pool.acquire().await?;
@@ -172,6 +173,24 @@ impl AppState {
                 .store(auditor.size(), std::sync::atomic::Ordering::Relaxed);
         }
         Ok(state)
+    }
+}
+
+impl AppState {
+    /// The anchor uploads are validated against now.
+    pub fn current_anchor(&self) -> Option<Arc<crate::validate::AnchorReference>> {
+        self.anchor
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Makes `anchor` the one new uploads are validated against.
+    pub fn set_current_anchor(&self, anchor: Arc<crate::validate::AnchorReference>) {
+        *self
+            .anchor
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(anchor);
     }
 }
 

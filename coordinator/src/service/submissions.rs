@@ -186,7 +186,7 @@ impl Submissions {
                 signed.detail,
             ));
         }
-        let anchor = state.anchor.clone().ok_or_else(|| {
+        let anchor = state.current_anchor().ok_or_else(|| {
             ServiceError::new(
                 Code::FailedPrecondition,
                 "NO_ANCHOR",
@@ -393,8 +393,7 @@ impl Submissions {
         .execute(ledger.conn())
         .await?;
         let anchor = state
-            .anchor
-            .as_ref()
+            .current_anchor()
             .map(|a| a.digest)
             .ok_or_else(|| ServiceError::internal("no anchor"))?;
         let listed = VersionExpert {

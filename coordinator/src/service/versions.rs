@@ -232,8 +232,7 @@ impl Versions {
             ));
         }
         let anchor = state
-            .anchor
-            .as_ref()
+            .current_anchor()
             .filter(|a| a.digest == row.anchor)
             .ok_or_else(|| {
                 ServiceError::new(
