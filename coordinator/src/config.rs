@@ -63,9 +63,46 @@ pub struct ServeArgs {
     /// Largest expert payload accepted, in bytes [default: 8 GiB].
     #[arg(long, env = "TRIBUTARY_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
-    /// Uploads validated at the same time; more wait [default: 4].
+    /// Uploads validated at the same time; more are refused with
+    /// UNAVAILABLE / TOO_MANY_UPLOADS, to retry [default: 4].
     #[arg(long, env = "TRIBUTARY_MAX_CONCURRENT_UPLOADS")]
     pub max_concurrent_uploads: Option<usize>,
+    /// Public validation text (.txt, .jsonl with a `text` field, or
+    /// directories of them) for the quality gate: an upload must not raise its
+    /// perplexity by more than --gate-max-perplexity-increase nor capture more
+    /// than --gate-max-routing-share of its tokens. Without it the gate is off.
+    /// Tokenized with the --anchor tokenizer.
+    #[arg(long, env = "TRIBUTARY_PUBLIC_VALIDATION", num_args = 1.., value_delimiter = ',')]
+    #[serde(default)]
+    pub public_validation: Vec<PathBuf>,
+    /// Largest accepted relative rise of public perplexity [default: 0.05].
+    #[arg(long, env = "TRIBUTARY_GATE_MAX_PERPLEXITY_INCREASE")]
+    pub gate_max_perplexity_increase: Option<f64>,
+    /// Largest share of public tokens (in any layer) whose first choice may
+    /// be the new expert [default: 0.5].
+    #[arg(long, env = "TRIBUTARY_GATE_MAX_ROUTING_SHARE")]
+    pub gate_max_routing_share: Option<f64>,
+    /// Tokens of public validation text the gate scores [default: 16384].
+    #[arg(long, env = "TRIBUTARY_GATE_TOKENS")]
+    pub gate_tokens: Option<usize>,
+    /// Publish accepted experts in batches, every this many seconds, instead
+    /// of one version per upload [default: immediate].
+    #[arg(long, env = "TRIBUTARY_PUBLISH_EVERY_SECS")]
+    pub publish_every_secs: Option<u64>,
+    /// How often expired consents are looked for, in seconds [default: 30].
+    #[arg(long, env = "TRIBUTARY_EXPIRY_CHECK_SECS")]
+    pub expiry_check_secs: Option<u64>,
+}
+
+/// The quality gate's settings.
+#[derive(Clone, Debug)]
+pub struct GateSettings {
+    /// Public validation text files.
+    pub texts: Vec<PathBuf>,
+    /// Tokens scored at most.
+    pub max_tokens: usize,
+    /// Thresholds.
+    pub config: crate::validate::QualityGateConfig,
 }
 
 /// TLS files of the gRPC server.
@@ -100,6 +137,12 @@ pub struct ServeConfig {
     pub max_message_bytes: usize,
     /// Limits of the service.
     pub limits: Limits,
+    /// The quality gate, if on.
+    pub gate: Option<GateSettings>,
+    /// Batch publishing interval (`None`: a version per accepted upload).
+    pub publish_every: Option<std::time::Duration>,
+    /// Interval of the consent expiry check.
+    pub expiry_check: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -138,7 +181,41 @@ impl ServeArgs {
             ),
         };
         let defaults = Limits::default();
+        let texts = if self.public_validation.is_empty() {
+            file.public_validation
+        } else {
+            self.public_validation
+        };
+        let gate_defaults = crate::validate::QualityGateConfig::default();
+        let gate = (!texts.is_empty()).then(|| GateSettings {
+            texts,
+            max_tokens: self.gate_tokens.or(file.gate_tokens).unwrap_or(16384),
+            config: crate::validate::QualityGateConfig {
+                max_perplexity_increase: self
+                    .gate_max_perplexity_increase
+                    .or(file.gate_max_perplexity_increase)
+                    .unwrap_or(gate_defaults.max_perplexity_increase),
+                max_routing_share: self
+                    .gate_max_routing_share
+                    .or(file.gate_max_routing_share)
+                    .unwrap_or(gate_defaults.max_routing_share),
+                ..gate_defaults
+            },
+        });
+        let secs = std::time::Duration::from_secs;
         Ok(ServeConfig {
+            gate,
+            publish_every: self
+                .publish_every_secs
+                .or(file.publish_every_secs)
+                .filter(|s| *s > 0)
+                .map(secs),
+            expiry_check: secs(
+                self.expiry_check_secs
+                    .or(file.expiry_check_secs)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
             listen: self
                 .listen
                 .or(file.listen)

@@ -3,7 +3,6 @@
 //! clients can read and verify it, and `/metrics` in the Prometheus text format.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -23,20 +22,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let m = &state.metrics;
-    let body = format!(
-        "# HELP tributary_ledger_entries Entries in the consent ledger.\n\
-         # TYPE tributary_ledger_entries gauge\n\
-         tributary_ledger_entries {}\n\
-         # HELP tributary_grpc_requests_total gRPC requests answered.\n\
-         # TYPE tributary_grpc_requests_total counter\n\
-         tributary_grpc_requests_total {}\n\
-         # HELP tributary_grpc_refused_total gRPC requests answered with an error status.\n\
-         # TYPE tributary_grpc_refused_total counter\n\
-         tributary_grpc_refused_total {}\n",
-        m.ledger_size.load(Ordering::Relaxed),
-        m.requests.load(Ordering::Relaxed),
-        m.refused.load(Ordering::Relaxed),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }

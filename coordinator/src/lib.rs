@@ -11,6 +11,7 @@
 //! - [`service`]: the gRPC services (the only code that sees prost types).
 //! - [`server`]: [`server::serve`], the running coordinator (gRPC + HTTP).
 //! - [`http`]: the read-only HTTP side (tlog-tiles, metrics).
+//! - [`metrics`]: Prometheus counters and histograms, and the gRPC timing layer.
 //! - [`config`]: `coordinator serve` flags, environment and config file.
 //! - [`devca`]: `coordinator dev-ca`, development certificates and operator key.
 
@@ -20,6 +21,7 @@ pub mod blobs;
 pub mod config;
 pub mod devca;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -6,13 +6,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use tokio::task::JoinHandle;
-use tonic::codegen::http;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tributary_client::REASON_METADATA_KEY;
 use tributary_protos::v1::anchor_service_server::AnchorServiceServer;
 use tributary_protos::v1::consent_service_server::ConsentServiceServer;
 use tributary_protos::v1::contributor_service_server::ContributorServiceServer;
@@ -21,14 +18,16 @@ use tributary_protos::v1::submission_service_server::SubmissionServiceServer;
 use tributary_protos::v1::version_service_server::VersionServiceServer;
 
 use crate::blobs::BlobStore;
+use crate::config::GateSettings;
 use crate::config::ServeConfig;
-use crate::service::AppState;
 use crate::service::anchor::Anchors;
 use crate::service::consent::Consents;
 use crate::service::contributors::Contributors;
+use crate::service::gate::Gate;
 use crate::service::ledger::Ledger;
 use crate::service::submissions::Submissions;
 use crate::service::versions::Versions;
+use crate::service::{AppState, Policy, tasks};
 use crate::validate::AnchorReference;
 use crate::{devca, http as http_side, store};
 
@@ -76,7 +75,16 @@ pub async fn serve(
         Some(dir) => Some(install_anchor(&pool, &blobs, dir).await?),
         None => None,
     };
-    let state = AppState::open(pool, signer, operator, config.limits.clone(), blobs, anchor)
+    let gate = match &config.gate {
+        Some(settings) => Some(load_gate(settings, config.anchor.as_deref()).await?),
+        None => None,
+    };
+    let policy = Policy {
+        limits: config.limits.clone(),
+        gate,
+        batched_publishing: config.publish_every.is_some(),
+    };
+    let state = AppState::open(pool, signer, operator, blobs, anchor, policy)
         .await
         .map_err(|e| anyhow::anyhow!("opening the ledger: {}", e.detail))?;
 
@@ -122,32 +130,8 @@ pub async fn serve(
         .context("building the reflection service")?;
 
     let max = config.max_message_bytes;
-    let counted = state.clone();
-    let annotate = tower::util::MapResponseLayer::new(
-        move |mut response: http::Response<tonic::body::Body>| {
-            counted.metrics.requests.fetch_add(1, Ordering::Relaxed);
-            let code = response.headers().get("grpc-status").cloned();
-            if let Some(code) = code
-                && code.as_bytes() != b"0"
-            {
-                counted.metrics.refused.fetch_add(1, Ordering::Relaxed);
-                // tonic refuses oversized messages itself (OUT_OF_RANGE, or
-                // RESOURCE_EXHAUSTED); give them our reason code too. The services
-                // never answer these codes themselves.
-                if matches!(code.as_bytes(), b"8" | b"11")
-                    && !response.headers().contains_key(REASON_METADATA_KEY)
-                {
-                    response.headers_mut().insert(
-                        REASON_METADATA_KEY,
-                        http::HeaderValue::from_static("MESSAGE_TOO_LARGE"),
-                    );
-                }
-            }
-            response
-        },
-    );
     let router = builder
-        .layer(annotate)
+        .layer(crate::metrics::TimedLayer(state.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -186,6 +170,14 @@ pub async fn serve(
                 .await
         })
     });
+    let background = tokio::spawn(tasks::run(
+        state.clone(),
+        tasks::Intervals {
+            expiry: config.expiry_check,
+            publish: config.publish_every,
+        },
+        stop_rx.clone(),
+    ));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let grpc_signal = stopped(stop_rx);
     tracing::info!(%grpc_addr, ?http_addr, tls = config.tls.is_some(), origin = %state.origin, "coordinator serving");
@@ -194,6 +186,7 @@ pub async fn serve(
             .serve_with_incoming_shutdown(incoming, grpc_signal)
             .await
             .context("the gRPC server failed")?;
+        background.await.context("the background task panicked")?;
         if let Some(http) = http_task {
             http.await
                 .context("the HTTP task panicked")?
@@ -255,6 +248,36 @@ async fn install_anchor(
     tx.commit().await?;
     tracing::info!(anchor = %anchor.digest, "anchor loaded");
     Ok(Arc::new(anchor))
+}
+
+/// Tokenizes the public validation text with the anchor's tokenizer.
+async fn load_gate(settings: &GateSettings, anchor: Option<&std::path::Path>) -> Result<Gate> {
+    let anchor = anchor
+        .context(
+            "the quality gate (--public-validation) needs --anchor: its tokenizer reads the text",
+        )?
+        .to_path_buf();
+    let settings = settings.clone();
+    let tokens = tokio::task::spawn_blocking(move || -> Result<Vec<u32>> {
+        let tokenizer = tributary_corpus::TextTokenizer::load(&anchor)
+            .with_context(|| format!("loading the tokenizer of {}", anchor.display()))?;
+        let docs = tributary_corpus::read_documents(&settings.texts)
+            .context("reading the public validation text")?;
+        let mut tokens = tributary_corpus::token_stream(&docs, &tokenizer)
+            .context("tokenizing the public validation text")?;
+        tokens.truncate(settings.max_tokens);
+        Ok(tokens)
+    })
+    .await
+    .context("the tokenizer panicked")??;
+    anyhow::ensure!(
+        tokens.len() > settings.config.seq_len,
+        "the public validation text has {} tokens; the quality gate needs more than {}",
+        tokens.len(),
+        settings.config.seq_len
+    );
+    tracing::info!(tokens = tokens.len(), "quality gate on");
+    Ok(Gate::new(settings.config.clone(), tokens))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -8,19 +8,17 @@ use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
 use tributary_client::convert;
-use tributary_ledger::event::{ConsentWithdrawn, ExpertErased, ModelVersionPublished};
+use tributary_ledger::event::ConsentWithdrawn;
 use tributary_ledger::{
-    ConsentId, Event, ExpertDigest, SignatureRole, SignedEvent, Timestamp, entry::statement_message,
+    Event, ExpertDigest, SignatureRole, SignedEvent, Timestamp, entry::statement_message,
 };
 use tributary_protos::v1;
 use tributary_protos::v1::consent_service_server::ConsentService;
 
 use super::auth::{self, Caller};
-use super::versions::manifest_digest;
 use super::writer::{LedgerTx, now};
-use super::{AppState, ServiceError, ServiceResult, page_size, page_token};
-use crate::store::records;
-use crate::store::state::{self as rows, ConsentRow, ConsentState, VersionRow};
+use super::{AppState, ServiceError, ServiceResult, page_size, page_token, publish};
+use crate::store::state::{self as rows, ConsentRow, ConsentState};
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -188,138 +186,32 @@ impl Consents {
         check_statement(&event, &signature, &record.public_key)?;
 
         let mut ledger = LedgerTx::begin(state, tx).await?;
-        let withdrawal = ledger
-            .append(SignedEvent {
-                event,
-                contributor_signature: Some(signature),
-                invite_signature: None,
-            })
-            .await?;
-        rows::end_consent(
-            ledger.conn(),
-            &consent_id,
+        let signed = SignedEvent {
+            event,
+            contributor_signature: Some(signature),
+            invite_signature: None,
+        };
+        let ended = publish::end_consent(
+            state,
+            &mut ledger,
+            &consent,
+            signed,
             ConsentState::Withdrawn,
-            withdrawal.index(),
         )
         .await?;
-        let revoked =
-            rows::revoke_versions_listing(ledger.conn(), &consent_id, withdrawal.index()).await?;
-        let published = publish_without(&mut ledger, &consent_id).await?;
-        let erased = erase_if_unconsented(state, &mut ledger, &consent).await?;
         let receipts = ledger.commit().await?;
-        tracing::info!(consent = %consent_id, ?revoked, ?published, erased, "consent withdrawn");
+        tracing::info!(consent = %consent_id, revoked = ?ended.revoked, published = ?ended.published, ended.erased, "consent withdrawn");
         Ok(v1::WithdrawConsentResponse {
             withdrawal: receipts.first().map(convert::receipt_to_proto),
-            published_versions: published.iter().map(|v| v.0).collect(),
-            revoked_versions: revoked.iter().map(|v| v.0).collect(),
-            erasure: if erased {
+            published_versions: ended.published.iter().map(|v| v.0).collect(),
+            revoked_versions: ended.revoked.iter().map(|v| v.0).collect(),
+            erasure: if ended.erased {
                 receipts.last().map(convert::receipt_to_proto)
             } else {
                 None
             },
         })
     }
-}
-
-/// Publishes, for every head version listing `consent`, a child version
-/// without the experts it covers.
-async fn publish_without(
-    ledger: &mut LedgerTx<'_>,
-    consent: &ConsentId,
-) -> ServiceResult<Vec<tributary_ledger::VersionNumber>> {
-    let heads = rows::head_versions_listing(ledger.conn(), consent).await?;
-    let mut published = Vec::new();
-    for head in heads {
-        let Some(parent) = rows::version(ledger.conn(), head).await? else {
-            continue;
-        };
-        let experts: Vec<_> = parent
-            .experts
-            .iter()
-            .filter(|(e, _)| &e.consent != consent)
-            .cloned()
-            .collect();
-        let number = rows::next_version(ledger.conn()).await?;
-        let listed: Vec<_> = experts.iter().map(|(e, _)| e.clone()).collect();
-        let checkpoint = manifest_digest(&parent.anchor, &listed, parent.top_k);
-        let appended = ledger
-            .append(SignedEvent::coordinator(Event::ModelVersionPublished(
-                ModelVersionPublished {
-                    version: number,
-                    parent: Some(head),
-                    experts: listed,
-                    purpose: parent.purpose.clone(),
-                    top_k: parent.top_k,
-                    checkpoint,
-                },
-            )))
-            .await?;
-        rows::insert_version(
-            ledger.conn(),
-            &VersionRow {
-                version: number,
-                parent: Some(head),
-                purpose: parent.purpose.clone(),
-                top_k: parent.top_k,
-                anchor: parent.anchor,
-                checkpoint,
-                ledger_index: appended.index(),
-                published_unix_ms: 0,
-                revoked_index: None,
-                experts,
-            },
-        )
-        .await?;
-        published.push(number);
-    }
-    Ok(published)
-}
-
-/// Erases the expert's weights when no active consent of its owner covers it
-/// any more: deletes the blob, appends `ExpertErased`, marks the rows.
-/// Returns whether it erased.
-async fn erase_if_unconsented(
-    state: &AppState,
-    ledger: &mut LedgerTx<'_>,
-    consent: &ConsentRow,
-) -> ServiceResult<bool> {
-    let digest = consent.terms.expert;
-    let Some(expert) = rows::expert(ledger.conn(), &digest).await? else {
-        return Ok(false);
-    };
-    if expert.erased_index.is_some() || expert.contributor != consent.terms.contributor {
-        return Ok(false);
-    }
-    let others = rows::list_consents(
-        ledger.conn(),
-        Some(&expert.contributor),
-        Some(&digest),
-        None,
-        1000,
-    )
-    .await?;
-    if others
-        .iter()
-        .any(|c| c.state == ConsentState::Active && c.terms.consent != consent.terms.consent)
-    {
-        return Ok(false);
-    }
-    // Deleted before the commit: should the commit fail, the weights are gone
-    // but the consent is still recorded; the withdrawal is retried, never the
-    // other way round (a committed erasure whose weights remain).
-    state
-        .blobs
-        .delete(&expert.blob)
-        .await
-        .map_err(ServiceError::internal)?;
-    let appended = ledger
-        .append(SignedEvent::coordinator(Event::ExpertErased(
-            ExpertErased { expert: digest },
-        )))
-        .await?;
-    rows::mark_expert_erased(ledger.conn(), &expert, appended.index()).await?;
-    records::mark_blob_erased(ledger.conn(), &expert.blob).await?;
-    Ok(true)
 }
 
 #[tonic::async_trait]

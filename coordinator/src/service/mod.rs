@@ -11,9 +11,11 @@
 //! - [`contributors`], [`consent`], [`ledger`], [`versions`], [`anchor`],
 //!   [`submissions`]: one file per service.
 //! - [`ports`]: the interfaces to the blob store and the validator.
+//! - [`publish`]: publishing versions and ending consents, shared by the services
+//!   and the background [`tasks`] (batch publishing, consent expiry).
+//! - [`gate`]: the quality gate on the upload path.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use ed25519_dalek::SigningKey;
 use sqlx::PgPool;
@@ -27,9 +29,12 @@ pub mod auth;
 pub mod consent;
 pub mod contributors;
 pub mod error;
+pub mod gate;
 pub mod ledger;
 pub mod ports;
+pub mod publish;
 pub mod submissions;
+pub mod tasks;
 pub mod versions;
 pub mod writer;
 
@@ -59,15 +64,15 @@ impl Default for Limits {
     }
 }
 
-/// Counters for the metrics endpoint.
+/// How the service decides and publishes, beyond its [`Limits`].
 #[derive(Debug, Default)]
-pub struct Metrics {
-    /// Entries in the ledger after the last commit.
-    pub ledger_size: AtomicU64,
-    /// gRPC requests answered.
-    pub requests: AtomicU64,
-    /// gRPC requests refused with an error status.
-    pub refused: AtomicU64,
+pub struct Policy {
+    /// Limits.
+    pub limits: Limits,
+    /// The quality gate (DESIGN step 7), if the operator gave public validation text.
+    pub gate: Option<gate::Gate>,
+    /// Accepted experts wait for the batch publisher instead of publishing at once.
+    pub batched_publishing: bool,
 }
 
 /// Everything a handler needs, shared by every service.
@@ -84,8 +89,14 @@ pub struct AppState {
     pub auditor: tokio::sync::Mutex<Auditor>,
     /// Limits.
     pub limits: Limits,
-    /// Counters.
-    pub metrics: Metrics,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
+    /// Upload slots ([`Limits::max_concurrent_uploads`]).
+    pub uploads: Arc<tokio::sync::Semaphore>,
+    /// The quality gate, if configured.
+    pub gate: Option<gate::Gate>,
+    /// Whether accepted experts wait for the batch publisher.
+    pub batched_publishing: bool,
     /// Where erased experts' weights are deleted.
     pub blobs: Arc<dyn ports::BlobEraser>,
     /// The content-addressed blob store (uploaded experts, the anchor).
@@ -114,10 +125,15 @@ impl AppState {
         pool: PgPool,
         note_signer: NoteSigner,
         operator: SigningKey,
-        limits: Limits,
         store: crate::blobs::BlobStore,
         anchor: Option<Arc<crate::validate::AnchorReference>>,
+        policy: Policy,
     ) -> Result<Arc<Self>, ServiceError> {
+        let Policy {
+            limits,
+            gate,
+            batched_publishing,
+        } = policy;
         let validation = crate::validate::ValidationLimits {
             max_payload_bytes: limits.max_upload_bytes,
             ..crate::validate::ValidationLimits::default()
@@ -133,8 +149,13 @@ impl AppState {
             note_signer,
             origin,
             auditor: tokio::sync::Mutex::new(auditor),
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                limits.max_concurrent_uploads.max(1),
+            )),
             limits,
-            metrics: Metrics::default(),
+            metrics: crate::metrics::Metrics::default(),
+            gate,
+            batched_publishing,
             blobs: Arc::new(store.clone()),
             store,
             anchor: std::sync::RwLock::new(anchor),

@@ -1,15 +1,25 @@
 //! `SubmissionService`: expert uploads and their validation status.
 //!
 //! Reading submissions works from the `submissions` and `validation_results`
-//! tables. `UploadExpert` authenticates the header (signature, replay,
-//! contributor, ownership; DESIGN step 1), verifies the manifest signature
-//! (step 2), streams every chunk to the validator (steps 3-5) and a blob
-//! writer in constant memory, checks an active consent covering the digest
-//! (step 6), and records the decision in one `LedgerTx`: `ExpertSubmitted` +
-//! `ExpertAccepted` with the rows and a new version per consented purpose
-//! (the purpose's head plus this expert), or `ExpertSubmitted` +
-//! `ExpertRejected` with the reason code (the blob aborted). The quality gate
-//! (step 7) is not run on this path.
+//! tables. `UploadExpert` runs DESIGN's steps in order:
+//!
+//! 1. the header's request signature, replay check and contributor, in a
+//!    short transaction of its own (no connection is held while the payload
+//!    streams); a duplicate of an accepted expert answers the existing
+//!    submission;
+//! 2. the manifest signature (refused outright: its entry could not verify);
+//! 3. an upload slot ([`super::Limits::max_concurrent_uploads`]; beyond it
+//!    `UNAVAILABLE` / `TOO_MANY_UPLOADS`);
+//! 4. steps 3-5 streaming: every chunk to the validator and a staged blob
+//!    writer, in constant memory;
+//! 5. step 6, an active consent covering the digest; the blob is committed;
+//! 6. step 7, the quality gate ([`super::gate`]), when configured.
+//!
+//! A failed check is recorded in one [`LedgerTx`] (`ExpertSubmitted` +
+//! `ExpertRejected` with every result and the reason code) and its blob
+//! removed; a pass is recorded (`ExpertSubmitted` + `ExpertAccepted`) with,
+//! unless publishing is batched, a new version per consented purpose, after
+//! a fresh look at the consent inside the transaction.
 
 use std::sync::Arc;
 
@@ -20,20 +30,22 @@ use tributary_protos::v1;
 use tributary_protos::v1::submission_service_server::SubmissionService;
 
 use tributary_ledger::event::{
-    ExpertAccepted, ExpertManifest, ExpertRejected, ExpertSubmitted, Figure, ModelVersionPublished,
-    ValidationResult, VersionExpert,
+    ExpertAccepted, ExpertManifest, ExpertRejected, ExpertSubmitted, Figure, ValidationResult,
+    VersionExpert,
 };
 use tributary_ledger::{
-    ContributorId, Event, ExpertDigest, ReasonCode, Signature, SignedEvent, SubmissionId,
-    VersionNumber,
+    ContributorId, Event, ExpertDigest, ReasonCode, Sha256Digest, Signature, SignedEvent,
+    SubmissionId,
 };
 
-use super::versions::manifest_digest;
 use super::writer::{LedgerTx, now, receipt_for};
-use super::{AppState, ServiceError, ServiceResult, auth, page_size, page_token};
+use super::{AppState, ServiceError, ServiceResult, auth, page_size, page_token, publish};
+use crate::blobs::BlobWriter;
 use crate::store::records::{self, ContributorRecord};
-use crate::store::state::{self as rows, ConsentRow, ConsentState, VersionRow};
-use crate::validate::{StepResult, UploadValidator, ValidationOutcome, verify_manifest_signature};
+use crate::store::state::{self as rows, ConsentRow, ConsentState};
+use crate::validate::{
+    Rejection, StepResult, UploadValidator, ValidationOutcome, verify_manifest_signature,
+};
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -114,23 +126,20 @@ impl Submissions {
         &self,
         mut stream: Streaming<v1::UploadExpertRequest>,
     ) -> ServiceResult<v1::SubmissionStatus> {
-        let first = stream
-            .message()
-            .await
-            .map_err(|s| ServiceError::invalid("MALFORMED_REQUEST", s.message().to_string()))?;
-        let Some(v1::UploadExpertRequest {
-            message: Some(v1::upload_expert_request::Message::Header(header)),
-        }) = first
-        else {
-            return Err(ServiceError::invalid(
-                "MALFORMED_REQUEST",
-                "the first message must be the header",
-            ));
-        };
+        let started = std::time::Instant::now();
+        let header = read_header(&mut stream).await?;
         let state = &self.0;
-        let mut tx = state.pool.begin().await?;
-        let caller = auth::authenticate(state, &mut tx, &header).await?;
-        let record = caller.contributor()?.clone();
+        // Step 1 in its own short transaction: the nonce is spent whatever
+        // follows, and no connection is held while the payload streams.
+        let record = {
+            let mut tx = state.pool.begin().await?;
+            let record = auth::authenticate(state, &mut tx, &header)
+                .await?
+                .contributor()?
+                .clone();
+            tx.commit().await?;
+            record
+        };
         if record.contributor.as_str() != header.contributor_id {
             return Err(ServiceError::not_owner(
                 "the upload names another contributor",
@@ -142,42 +151,25 @@ impl Submissions {
         let signature =
             convert::signature("manifest_signature", header.manifest_signature.as_ref())?;
         let digest = manifest.total;
-
-        // A duplicate of an accepted upload answers the existing submission.
-        let existing: Option<String> = sqlx::query_scalar(
-            r"SELECT submission_id FROM submissions
-              WHERE contributor_id = $1 AND expert_digest = $2 AND state = 'accepted'",
-        )
-        .bind(record.contributor.as_str())
-        .bind(digest.0.0.as_slice())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(id) = existing {
-            tx.commit().await?;
-            let mut conn = state.pool.acquire().await?;
-            return self.status(&mut conn, &id).await;
-        }
-        let taken: Option<String> =
-            sqlx::query_scalar(r"SELECT submission_id FROM submissions WHERE submission_id = $1")
-                .bind(submission.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        if taken.is_some() {
-            return Err(ServiceError::new(
-                Code::AlreadyExists,
-                "SUBMISSION_EXISTS",
-                format!("submission {submission} already exists"),
-            ));
+        let upload = Upload {
+            submission,
+            record,
+            manifest,
+            signature,
+            size: header.payload_size,
+        };
+        if let Some(id) = self.existing(&upload).await? {
+            return self.answer(&id).await;
         }
 
         // Step 2: the manifest signature. Its entry could not be recorded (it
         // would carry a signature that does not verify), so it is refused.
         let signed = verify_manifest_signature(
-            &submission,
-            &record.contributor,
-            &manifest,
-            &signature,
-            &record.public_key,
+            &upload.submission,
+            &upload.record.contributor,
+            &upload.manifest,
+            &upload.signature,
+            &upload.record.public_key,
         );
         if !signed.passed {
             return Err(ServiceError::new(
@@ -190,340 +182,468 @@ impl Submissions {
             ServiceError::new(
                 Code::FailedPrecondition,
                 "NO_ANCHOR",
-                "the coordinator has no anchor configured (--anchor)",
+                "the coordinator has no anchor (serve --anchor, or PublishAnchor)",
+            )
+        })?;
+        let _permit = state.uploads.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::new(
+                Code::Unavailable,
+                "TOO_MANY_UPLOADS",
+                format!(
+                    "{} uploads are being validated; retry later",
+                    state.limits.max_concurrent_uploads
+                ),
             )
         })?;
 
-        // Steps 3-5, streaming: every chunk goes to the validator and the blob writer.
+        // Steps 3-5, streaming.
         let mut results = vec![Step::from(&signed)];
-        let outcome = match UploadValidator::new(
-            anchor.clone(),
-            state.validation.clone(),
-            manifest.clone(),
-            header.payload_size,
-        ) {
-            Err(rejection) => ValidationOutcome::Rejected(rejection),
-            Ok(mut validator) => {
-                let mut writer = state.store.writer().await.map_err(ServiceError::internal)?;
-                let mut early = None;
-                loop {
-                    let message = match stream.message().await {
-                        Ok(m) => m,
-                        Err(e) => {
-                            let _ = writer.abort().await;
-                            return Err(ServiceError::invalid(
-                                "MALFORMED_REQUEST",
-                                e.message().to_string(),
-                            ));
-                        }
-                    };
-                    let Some(message) = message else { break };
-                    let Some(v1::upload_expert_request::Message::Chunk(chunk)) = message.message
-                    else {
-                        let _ = writer.abort().await;
-                        return Err(ServiceError::invalid(
-                            "MALFORMED_REQUEST",
-                            "every message after the header must be a chunk",
-                        ));
-                    };
-                    if let Err(rejection) = validator.feed(&chunk.data) {
-                        early = Some(rejection);
-                        break;
-                    }
-                    if let Err(e) = writer.write(&chunk.data).await {
-                        let _ = writer.abort().await;
-                        return Err(ServiceError::internal(e));
-                    }
-                }
-                let outcome = match early {
-                    Some(rejection) => ValidationOutcome::Rejected(rejection),
-                    None => validator.finish(),
-                };
-                match outcome {
-                    ValidationOutcome::Accepted(expert) => {
-                        // Step 6: an active consent of the uploader covering the digest.
-                        results.extend(expert.results.iter().map(Step::from));
-                        match active_consent(&mut tx, &record.contributor, &digest).await? {
-                            Some(consent) => {
-                                results.push(Step {
-                                    check: "consent".into(),
-                                    passed: true,
-                                    figure: None,
-                                    reason: None,
-                                    detail: format!("consent {}", consent.terms.consent),
-                                });
-                                let existed = state
-                                    .store
-                                    .exists(&digest.0)
-                                    .await
-                                    .map_err(ServiceError::internal)?;
-                                let size = writer
-                                    .commit(&digest.0)
-                                    .await
-                                    .map_err(ServiceError::internal)?;
-                                let accepted = self
-                                    .accept(
-                                        tx,
-                                        &submission,
-                                        &record,
-                                        &manifest,
-                                        signature,
-                                        &results,
-                                        &consent,
-                                        size,
-                                    )
-                                    .await;
-                                if let Err(e) = accepted {
-                                    if !existed {
-                                        let _ = state.store.delete(&digest.0).await;
-                                    }
-                                    return Err(e);
-                                }
-                                let mut conn = state.pool.acquire().await?;
-                                return self.status(&mut conn, submission.as_str()).await;
-                            }
-                            None => {
-                                let _ = writer.abort().await;
-                                results.push(Step {
-                                    check: "consent".into(),
-                                    passed: false,
-                                    figure: None,
-                                    reason: Some(NO_CONSENT.into()),
-                                    detail: format!(
-                                        "no active consent of {} covers expert {digest}",
-                                        record.contributor
-                                    ),
-                                });
-                                self.reject(
-                                    tx,
-                                    &submission,
-                                    &record,
-                                    &manifest,
-                                    signature,
-                                    NO_CONSENT,
-                                    &results,
-                                    header.payload_size,
-                                )
-                                .await?;
-                                let mut conn = state.pool.acquire().await?;
-                                return self.status(&mut conn, submission.as_str()).await;
-                            }
-                        }
-                    }
-                    rejected => {
-                        writer.abort().await.map_err(ServiceError::internal)?;
-                        rejected
-                    }
-                }
+        let writer = match self.receive(&mut stream, &anchor, &upload).await? {
+            Received::Valid(writer, steps) => {
+                results.extend(steps.iter().map(Step::from));
+                writer
+            }
+            Received::Invalid(rejection) => {
+                results.extend(rejection.results.iter().map(Step::from));
+                return self
+                    .decided(&upload, Err(rejection.reason.as_str()), &results, started)
+                    .await;
             }
         };
-        let ValidationOutcome::Rejected(rejection) = outcome else {
-            return Err(ServiceError::internal(
-                "an accepted upload was not recorded",
-            ));
+
+        // Step 6: an active consent of the uploader covering the digest.
+        let consent = {
+            let mut conn = state.pool.acquire().await?;
+            active_consent(&mut conn, &upload.record.contributor, &digest).await?
         };
-        results.extend(rejection.results.iter().map(Step::from));
-        self.reject(
-            tx,
-            &submission,
-            &record,
-            &manifest,
-            signature,
-            rejection.reason.as_str(),
-            &results,
-            header.payload_size,
-        )
-        .await?;
-        let mut conn = state.pool.acquire().await?;
-        self.status(&mut conn, submission.as_str()).await
+        let Some(consent) = consent else {
+            writer.abort().await.map_err(ServiceError::internal)?;
+            results.push(no_consent(&upload));
+            return self
+                .decided(&upload, Err(NO_CONSENT), &results, started)
+                .await;
+        };
+        results.push(Step::passed(
+            "consent",
+            format!("consent {}", consent.terms.consent),
+        ));
+        let existed = state
+            .store
+            .exists(&digest.0)
+            .await
+            .map_err(ServiceError::internal)?;
+        let size = writer
+            .commit(&digest.0)
+            .await
+            .map_err(ServiceError::internal)?;
+        // From here the blob is stored; every way out that does not accept
+        // deletes it again (unless another submission had stored it).
+        let forget = || async {
+            if !existed {
+                let _ = state.store.delete(&digest.0).await;
+            }
+        };
+
+        // Step 7: the quality gate, when the operator configured one.
+        if let Some(gate) = &state.gate {
+            let gate_started = std::time::Instant::now();
+            let report = {
+                let mut conn = state.pool.acquire().await?;
+                gate.check(
+                    &mut conn,
+                    &state.store,
+                    &anchor,
+                    &consent.terms.purposes,
+                    &digest.0,
+                )
+                .await
+            };
+            state.metrics.gate_seconds.observe(gate_started.elapsed());
+            let report = match report {
+                Ok(report) => report,
+                Err(e) => {
+                    forget().await;
+                    return Err(e);
+                }
+            };
+            results.extend(report.results.iter().map(Step::from));
+            if let Some(reason) = report.rejection {
+                forget().await;
+                return self
+                    .decided(&upload, Err(reason.as_str()), &results, started)
+                    .await;
+            }
+        }
+
+        let accepted = self.accept(&upload, anchor.digest, &results, size).await;
+        match accepted {
+            Ok(true) => self.decided(&upload, Ok(()), &[], started).await,
+            Ok(false) => {
+                // The consent ended while the upload was being checked.
+                forget().await;
+                results.push(no_consent(&upload));
+                self.decided(&upload, Err(NO_CONSENT), &results, started)
+                    .await
+            }
+            Err(e) => {
+                forget().await;
+                Err(e)
+            }
+        }
     }
 
-    /// Records an accepted upload and publishes, for each purpose its consent
-    /// allows, a version of that purpose's head plus this expert.
-    #[allow(clippy::too_many_arguments)]
+    /// The submission answering a duplicate upload of an accepted expert;
+    /// refuses a reused submission id.
+    async fn existing(&self, upload: &Upload) -> ServiceResult<Option<String>> {
+        let mut conn = self.0.pool.acquire().await?;
+        let accepted: Option<String> = sqlx::query_scalar(
+            r"SELECT submission_id FROM submissions
+              WHERE contributor_id = $1 AND expert_digest = $2 AND state = 'accepted'",
+        )
+        .bind(upload.record.contributor.as_str())
+        .bind(upload.manifest.total.0.0.as_slice())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if accepted.is_some() {
+            return Ok(accepted);
+        }
+        // An expert's digest is its identity: the same weights accepted for
+        // another contributor, or erased after a withdrawal, are not taken again.
+        let known: Option<(String, Option<i64>)> = sqlx::query_as(
+            r"SELECT contributor_id, erased_idx FROM experts WHERE expert_digest = $1",
+        )
+        .bind(upload.manifest.total.0.0.as_slice())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((owner, erased)) = known {
+            let detail = match erased {
+                Some(index) => format!(
+                    "expert {} was erased (ledger entry {index}); its weights are not accepted again",
+                    upload.manifest.total
+                ),
+                None => format!(
+                    "expert {} is already accepted for {owner}",
+                    upload.manifest.total
+                ),
+            };
+            return Err(ServiceError::new(
+                Code::AlreadyExists,
+                "EXPERT_EXISTS",
+                detail,
+            ));
+        }
+        let taken: Option<String> =
+            sqlx::query_scalar(r"SELECT submission_id FROM submissions WHERE submission_id = $1")
+                .bind(upload.submission.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+        match taken {
+            Some(_) => Err(submission_exists(&upload.submission)),
+            None => Ok(None),
+        }
+    }
+
+    /// Streams the payload to the validator and a blob writer (steps 3-5).
+    /// A malformed stream is refused (the blob aborted, nothing recorded).
+    async fn receive(
+        &self,
+        stream: &mut Streaming<v1::UploadExpertRequest>,
+        anchor: &Arc<crate::validate::AnchorReference>,
+        upload: &Upload,
+    ) -> ServiceResult<Received> {
+        let state = &self.0;
+        let mut validator = match UploadValidator::new(
+            anchor.clone(),
+            state.validation.clone(),
+            upload.manifest.clone(),
+            upload.size,
+        ) {
+            Ok(validator) => validator,
+            Err(rejection) => return Ok(Received::Invalid(rejection)),
+        };
+        let mut writer = state.store.writer().await.map_err(ServiceError::internal)?;
+        let mut early = None;
+        loop {
+            let chunk = match next_chunk(stream).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+            };
+            state
+                .metrics
+                .upload_bytes
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if let Err(rejection) = validator.feed(&chunk) {
+                early = Some(rejection);
+                break;
+            }
+            if let Err(e) = writer.write(&chunk).await {
+                let _ = writer.abort().await;
+                return Err(ServiceError::internal(e));
+            }
+        }
+        let outcome = match early {
+            Some(rejection) => ValidationOutcome::Rejected(rejection),
+            None => validator.finish(),
+        };
+        match outcome {
+            ValidationOutcome::Accepted(expert) => {
+                Ok(Received::Valid(Box::new(writer), expert.results))
+            }
+            ValidationOutcome::Rejected(rejection) => {
+                writer.abort().await.map_err(ServiceError::internal)?;
+                Ok(Received::Invalid(rejection))
+            }
+        }
+    }
+
+    /// Records a rejection (`Err(reason)`, with `results`) — an acceptance is
+    /// already recorded — counts it, and answers the submission's status.
+    async fn decided(
+        &self,
+        upload: &Upload,
+        decision: Result<(), &str>,
+        results: &[Step],
+        started: std::time::Instant,
+    ) -> ServiceResult<v1::SubmissionStatus> {
+        let outcome = match decision {
+            Ok(()) => "accepted".to_string(),
+            Err(reason) => {
+                self.reject(upload, reason, results).await?;
+                reason.to_string()
+            }
+        };
+        let metrics = &self.0.metrics;
+        metrics.count_upload(&outcome);
+        metrics.upload_seconds.observe(started.elapsed());
+        self.answer(upload.submission.as_str()).await
+    }
+
+    async fn answer(&self, id: &str) -> ServiceResult<v1::SubmissionStatus> {
+        let mut conn = self.0.pool.acquire().await?;
+        self.status(&mut conn, id).await
+    }
+
+    /// Records an accepted upload, in one transaction with a fresh look at the
+    /// consent (it may have ended during the upload: then nothing is written
+    /// and the answer is `false`). Publishes, for each purpose the consent
+    /// allows, the purpose's head plus this expert — unless publishing is
+    /// batched.
     async fn accept(
         &self,
-        tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        submission: &SubmissionId,
-        record: &ContributorRecord,
-        manifest: &ExpertManifest,
-        signature: Signature,
+        upload: &Upload,
+        anchor: Sha256Digest,
         results: &[Step],
-        consent: &ConsentRow,
         size: u64,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<bool> {
         let state = &self.0;
-        let digest = manifest.total;
+        let digest = upload.manifest.total;
+        // Consents past their expiry end first, so that the new version does
+        // not carry an expert whose consent has lapsed.
+        super::tasks::expire_due(state).await?;
+        let mut tx = state.pool.begin().await?;
+        let Some(consent) = active_consent(&mut tx, &upload.record.contributor, &digest).await?
+        else {
+            return Ok(false);
+        };
         let mut ledger = LedgerTx::begin(state, tx).await?;
-        let submitted = ledger
-            .append(submitted_event(submission, record, manifest, signature))
-            .await?;
-        let decided = ledger
-            .append(SignedEvent::coordinator(Event::ExpertAccepted(
-                ExpertAccepted {
-                    submission: submission.clone(),
+        let decided = self
+            .record(
+                &mut ledger,
+                upload,
+                Event::ExpertAccepted(ExpertAccepted {
+                    submission: upload.submission.clone(),
                     expert: digest,
                     results: results.iter().map(Step::to_ledger).collect(),
-                },
-            )))
+                }),
+                None,
+                results,
+            )
             .await?;
-        insert_submission(
-            ledger.conn(),
-            submission,
-            record,
-            manifest,
-            size,
-            "accepted",
-            None,
-            submitted.index(),
-            decided.index(),
-        )
-        .await?;
-        insert_results(ledger.conn(), submission, results).await?;
         records::insert_blob(ledger.conn(), &digest.0, size).await?;
         sqlx::query(
             r"INSERT INTO experts (expert_digest, submission_id, contributor_id, blob_sha256, accepted_idx)
               VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(digest.0.0.as_slice())
-        .bind(submission.as_str())
-        .bind(record.contributor.as_str())
+        .bind(upload.submission.as_str())
+        .bind(upload.record.contributor.as_str())
         .bind(digest.0.0.as_slice())
-        .bind(i64::try_from(decided.index()).map_err(ServiceError::internal)?)
+        .bind(i64::try_from(decided).map_err(ServiceError::internal)?)
         .execute(ledger.conn())
         .await?;
-        let anchor = state
-            .current_anchor()
-            .map(|a| a.digest)
-            .ok_or_else(|| ServiceError::internal("no anchor"))?;
-        let listed = VersionExpert {
-            submission: submission.clone(),
-            expert: digest,
-            consent: consent.terms.consent.clone(),
-        };
         let mut published = Vec::new();
-        for purpose in &consent.terms.purposes {
-            let head: Option<i64> = sqlx::query_scalar(
-                r"SELECT v.version FROM versions v
-                  WHERE v.purpose = $1 AND v.revoked_idx IS NULL
-                    AND NOT EXISTS (SELECT 1 FROM versions c WHERE c.parent = v.version)
-                  ORDER BY v.version DESC LIMIT 1",
-            )
-            .bind(purpose.as_str())
-            .fetch_optional(ledger.conn())
-            .await?;
-            let parent = match head {
-                Some(h) => {
-                    rows::version(
-                        ledger.conn(),
-                        VersionNumber(u64::try_from(h).map_err(ServiceError::internal)?),
-                    )
-                    .await?
-                }
-                None => None,
-            };
-            let mut experts: Vec<(VersionExpert, ContributorId)> = parent
-                .as_ref()
-                .filter(|p| p.anchor == anchor)
-                .map(|p| {
-                    p.experts
-                        .iter()
-                        .filter(|(e, _)| e.expert != digest)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            experts.push((listed.clone(), record.contributor.clone()));
-            let top_k = parent.as_ref().map_or(DEFAULT_TOP_K, |p| p.top_k);
-            let number = rows::next_version(ledger.conn()).await?;
-            let list: Vec<_> = experts.iter().map(|(e, _)| e.clone()).collect();
-            let checkpoint = manifest_digest(&anchor, &list, top_k);
-            let appended = ledger
-                .append(SignedEvent::coordinator(Event::ModelVersionPublished(
-                    ModelVersionPublished {
-                        version: number,
-                        parent: parent.as_ref().map(|p| p.version),
-                        experts: list,
-                        purpose: purpose.clone(),
-                        top_k,
-                        checkpoint,
-                    },
-                )))
-                .await?;
-            rows::insert_version(
-                ledger.conn(),
-                &VersionRow {
-                    version: number,
-                    parent: parent.as_ref().map(|p| p.version),
-                    purpose: purpose.clone(),
-                    top_k,
-                    anchor,
-                    checkpoint,
-                    ledger_index: appended.index(),
-                    published_unix_ms: 0,
-                    revoked_index: None,
-                    experts,
+        if !state.batched_publishing {
+            let listed = (
+                VersionExpert {
+                    submission: upload.submission.clone(),
+                    expert: digest,
+                    consent: consent.terms.consent.clone(),
                 },
-            )
-            .await?;
-            published.push(number);
+                upload.record.contributor.clone(),
+            );
+            for purpose in &consent.terms.purposes {
+                published.push(
+                    publish::publish_adding(
+                        &mut ledger,
+                        purpose,
+                        anchor,
+                        std::slice::from_ref(&listed),
+                    )
+                    .await?,
+                );
+            }
         }
         ledger.commit().await?;
-        tracing::info!(%submission, expert = %digest, ?published, "expert accepted");
-        Ok(())
+        tracing::info!(submission = %upload.submission, expert = %digest, ?published, "expert accepted");
+        Ok(true)
     }
 
-    /// Records a rejected upload: `ExpertSubmitted`, `ExpertRejected` and the rows.
-    #[allow(clippy::too_many_arguments)]
-    async fn reject(
+    /// Appends the upload's `ExpertSubmitted` and its decision `decision`,
+    /// and inserts the submission's rows; returns the decision's index.
+    async fn record(
         &self,
-        tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        submission: &SubmissionId,
-        record: &ContributorRecord,
-        manifest: &ExpertManifest,
-        signature: Signature,
-        reason: &str,
+        ledger: &mut LedgerTx<'_>,
+        upload: &Upload,
+        decision: Event,
+        reason: Option<&str>,
         results: &[Step],
-        size: u64,
-    ) -> ServiceResult<()> {
-        let code = ReasonCode::new(reason).map_err(ServiceError::internal)?;
-        let mut ledger = LedgerTx::begin(&self.0, tx).await?;
+    ) -> ServiceResult<u64> {
         let submitted = ledger
-            .append(submitted_event(submission, record, manifest, signature))
+            .append(SignedEvent {
+                event: Event::ExpertSubmitted(ExpertSubmitted {
+                    submission: upload.submission.clone(),
+                    contributor: upload.record.contributor.clone(),
+                    manifest: upload.manifest.clone(),
+                }),
+                contributor_signature: Some(upload.signature),
+                invite_signature: None,
+            })
             .await?;
-        let decided = ledger
-            .append(SignedEvent::coordinator(Event::ExpertRejected(
-                ExpertRejected {
-                    submission: submission.clone(),
-                    reason: code,
-                    results: results.iter().map(Step::to_ledger).collect(),
-                },
-            )))
-            .await?;
+        let decided = ledger.append(SignedEvent::coordinator(decision)).await?;
         insert_submission(
             ledger.conn(),
-            submission,
-            record,
-            manifest,
-            size,
-            "rejected",
-            Some(reason),
+            upload,
+            if reason.is_some() {
+                "rejected"
+            } else {
+                "accepted"
+            },
+            reason,
             submitted.index(),
             decided.index(),
         )
         .await?;
-        insert_results(ledger.conn(), submission, results).await?;
+        insert_results(ledger.conn(), &upload.submission, results).await?;
+        Ok(decided.index())
+    }
+
+    /// Records a rejected upload: `ExpertSubmitted`, `ExpertRejected` and the rows.
+    async fn reject(&self, upload: &Upload, reason: &str, results: &[Step]) -> ServiceResult<()> {
+        let code = ReasonCode::new(reason).map_err(ServiceError::internal)?;
+        let tx = self.0.pool.begin().await?;
+        let mut ledger = LedgerTx::begin(&self.0, tx).await?;
+        self.record(
+            &mut ledger,
+            upload,
+            Event::ExpertRejected(ExpertRejected {
+                submission: upload.submission.clone(),
+                reason: code,
+                results: results.iter().map(Step::to_ledger).collect(),
+            }),
+            Some(reason),
+            results,
+        )
+        .await?;
         ledger.commit().await?;
-        tracing::info!(%submission, reason, "expert rejected");
+        tracing::info!(submission = %upload.submission, reason, "expert rejected");
         Ok(())
+    }
+}
+
+/// An upload's header, checked.
+struct Upload {
+    submission: SubmissionId,
+    record: ContributorRecord,
+    manifest: ExpertManifest,
+    signature: Signature,
+    /// Declared payload size.
+    size: u64,
+}
+
+/// The streaming checks' outcome.
+enum Received {
+    /// Steps 3-5 passed; the payload is staged in the writer.
+    Valid(Box<BlobWriter>, Vec<StepResult>),
+    /// A check failed; the staged payload is gone.
+    Invalid(Rejection),
+}
+
+/// Reads the first message, which must be the header.
+async fn read_header(
+    stream: &mut Streaming<v1::UploadExpertRequest>,
+) -> ServiceResult<v1::UploadHeader> {
+    let first = stream
+        .message()
+        .await
+        .map_err(|s| ServiceError::invalid("MALFORMED_REQUEST", s.message().to_string()))?;
+    match first {
+        Some(v1::UploadExpertRequest {
+            message: Some(v1::upload_expert_request::Message::Header(header)),
+        }) => Ok(header),
+        _ => Err(ServiceError::invalid(
+            "MALFORMED_REQUEST",
+            "the first message must be the header",
+        )),
+    }
+}
+
+/// The next chunk's bytes; `None` at the end of the stream.
+async fn next_chunk(
+    stream: &mut Streaming<v1::UploadExpertRequest>,
+) -> ServiceResult<Option<Vec<u8>>> {
+    let message = stream
+        .message()
+        .await
+        .map_err(|e| ServiceError::invalid("MALFORMED_REQUEST", e.message().to_string()))?;
+    match message {
+        None => Ok(None),
+        Some(v1::UploadExpertRequest {
+            message: Some(v1::upload_expert_request::Message::Chunk(chunk)),
+        }) => Ok(Some(chunk.data)),
+        Some(_) => Err(ServiceError::invalid(
+            "MALFORMED_REQUEST",
+            "every message after the header must be a chunk",
+        )),
+    }
+}
+
+fn submission_exists(submission: &SubmissionId) -> ServiceError {
+    ServiceError::new(
+        Code::AlreadyExists,
+        "SUBMISSION_EXISTS",
+        format!("submission {submission} already exists"),
+    )
+}
+
+fn no_consent(upload: &Upload) -> Step {
+    Step {
+        check: "consent".into(),
+        passed: false,
+        figure: None,
+        reason: Some(NO_CONSENT.into()),
+        detail: format!(
+            "no active consent of {} covers expert {}",
+            upload.record.contributor, upload.manifest.total
+        ),
     }
 }
 
 /// The reason code of an upload no active consent covers (DESIGN step 6).
 const NO_CONSENT: &str = "NO_CONSENT";
-
-/// Experts per token of a purpose's first version.
-const DEFAULT_TOP_K: u32 = 2;
 
 /// One validation step as recorded (the validator's steps and the server's).
 #[derive(Clone, Debug)]
@@ -548,29 +668,22 @@ impl From<&StepResult> for Step {
 }
 
 impl Step {
+    fn passed(check: &str, detail: String) -> Self {
+        Self {
+            check: check.to_string(),
+            passed: true,
+            figure: None,
+            reason: None,
+            detail,
+        }
+    }
+
     fn to_ledger(&self) -> ValidationResult {
         ValidationResult {
             check: self.check.clone(),
             passed: self.passed,
             figure: self.figure.and_then(Figure::from_f64),
         }
-    }
-}
-
-fn submitted_event(
-    submission: &SubmissionId,
-    record: &ContributorRecord,
-    manifest: &ExpertManifest,
-    signature: Signature,
-) -> SignedEvent {
-    SignedEvent {
-        event: Event::ExpertSubmitted(ExpertSubmitted {
-            submission: submission.clone(),
-            contributor: record.contributor.clone(),
-            manifest: manifest.clone(),
-        }),
-        contributor_signature: Some(signature),
-        invite_signature: None,
     }
 }
 
@@ -587,38 +700,42 @@ async fn active_consent(
         .find(|c| c.state == ConsentState::Active && c.terms.expires_at.is_none_or(|e| now < e)))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn insert_submission(
     conn: &mut sqlx::PgConnection,
-    submission: &SubmissionId,
-    record: &ContributorRecord,
-    manifest: &ExpertManifest,
-    size: u64,
+    upload: &Upload,
     state: &str,
     reason: Option<&str>,
     submitted: u64,
     decided: u64,
 ) -> ServiceResult<()> {
+    let manifest = &upload.manifest;
     let json = serde_json::to_string(manifest).map_err(ServiceError::internal)?;
     let index = |i: u64| i64::try_from(i).map_err(ServiceError::internal);
-    sqlx::query(
+    let inserted = sqlx::query(
         r"INSERT INTO submissions (submission_id, contributor_id, expert_digest, anchor_digest,
                                    manifest, payload_size, state, reason_code, submitted_idx, decided_idx)
           VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, $9, $10)",
     )
-    .bind(submission.as_str())
-    .bind(record.contributor.as_str())
+    .bind(upload.submission.as_str())
+    .bind(upload.record.contributor.as_str())
     .bind(manifest.total.0.0.as_slice())
     .bind(manifest.anchor.0.as_slice())
     .bind(json)
-    .bind(i64::try_from(size).map_err(ServiceError::internal)?)
+    .bind(i64::try_from(upload.size).map_err(ServiceError::internal)?)
     .bind(state)
     .bind(reason)
     .bind(index(submitted)?)
     .bind(index(decided)?)
     .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await;
+    match inserted {
+        Ok(_) => Ok(()),
+        // Two uploads raced under one submission id: the later one loses.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(submission_exists(&upload.submission))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn insert_results(

@@ -5,10 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use coordinator::config::{ServeConfig, ServerTls};
+use coordinator::config::{GateSettings, ServeConfig, ServerTls};
 use coordinator::devca::{self, DevCa, DevCaArgs};
 use coordinator::server::{self, Running};
 use coordinator::service::Limits;
+use coordinator::validate::QualityGateConfig;
 use ed25519_dalek::SigningKey;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -36,6 +37,11 @@ struct TestServer {
 struct Options {
     mtls: bool,
     max_message_bytes: usize,
+    max_concurrent_uploads: usize,
+    /// Turns the quality gate on, scoring the public held-out slice.
+    gate: bool,
+    publish_every: Option<Duration>,
+    expiry_check: Duration,
 }
 
 impl Default for Options {
@@ -43,6 +49,10 @@ impl Default for Options {
         Self {
             mtls: false,
             max_message_bytes: 64 * 1024,
+            max_concurrent_uploads: 4,
+            gate: false,
+            publish_every: None,
+            expiry_check: Duration::from_secs(30),
         }
     }
 }
@@ -63,8 +73,20 @@ fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeCo
         max_message_bytes: options.max_message_bytes,
         limits: Limits {
             request_window_ms: 60_000,
+            max_concurrent_uploads: options.max_concurrent_uploads,
             ..Limits::default()
         },
+        gate: options.gate.then(|| GateSettings {
+            texts: vec![crate::validate::public_heldout()],
+            max_tokens: 1025,
+            config: QualityGateConfig {
+                seq_len: 128,
+                batch_size: 8,
+                ..QualityGateConfig::default()
+            },
+        }),
+        publish_every: options.publish_every,
+        expiry_check: options.expiry_check,
     }
 }
 
@@ -813,7 +835,13 @@ async fn uploads_are_validated_recorded_and_published_as_versions() {
     );
 
     // The whole log still audits clean.
-    let entries: Vec<Vec<u8>> = alice
+    audited_entries(&alice).await;
+    server.stop().await;
+}
+
+/// Every ledger entry, after checking that the log replays without a violation.
+async fn audited_entries(client: &Client) -> Vec<Vec<u8>> {
+    let entries: Vec<Vec<u8>> = client
         .entries(0, 1000)
         .await
         .unwrap()
@@ -828,5 +856,329 @@ async fn uploads_are_validated_recorded_and_published_as_versions() {
         },
     );
     assert!(audit.is_clean(), "{:?}", audit.violations);
+    entries
+}
+
+/// Grants `alice` a research consent `id` for `manifest`'s expert, expiring at `expires_at`.
+async fn consent_for(
+    client: &Client,
+    id: &str,
+    manifest: &tributary_ledger::event::ExpertManifest,
+    expires_at: Option<u64>,
+) {
+    let mut consent = terms(id, "alice", b"");
+    consent.expert = manifest.total;
+    consent.expires_at = expires_at.map(tributary_ledger::Timestamp);
+    client.grant_consent(consent).await.unwrap();
+}
+
+fn accepted(status: &v1::SubmissionStatus) -> bool {
+    status.state == v1::SubmissionState::Accepted as i32
+}
+
+#[tokio::test]
+async fn the_quality_gate_decides_uploads_and_metrics_count_them() {
+    use crate::validate::{scaled_tensors, upload_of};
+    use coordinator::blobs::BlobStore;
+
+    let server = TestServer::start(Options {
+        max_message_bytes: 1 << 20,
+        gate: true,
+        ..Options::default()
+    })
+    .await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 41).await;
+    let store = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
+
+    // A copy of the public FFN routed away from public text: passes the gate.
+    let (payload, harmless) = upload_of(&scaled_tensors(1.0, -1.0));
+    consent_for(&alice, "c-harmless", &harmless, None).await;
+    let status = upload(&server, &alice, "s-harmless", &payload, &harmless).await;
+    assert!(accepted(&status), "{status:?}");
+    let steps: Vec<&str> = status.results.iter().map(|r| r.step.as_str()).collect();
+    assert_eq!(
+        &steps[steps.len() - 3..],
+        ["consent", "public_perplexity", "public_routing_share"]
+    );
+    let ratio: f64 = status.results[steps.len() - 2].figure.parse().unwrap();
+    assert!((ratio - 1.0).abs() < 1e-3, "perplexity ratio {ratio}");
+
+    // The same FFN with a router row that outbids r_pub captures the public
+    // traffic: rejected after the consent check, its blob deleted.
+    let (payload, captor) = upload_of(&scaled_tensors(1.0, 3.0));
+    consent_for(&alice, "c-captor", &captor, None).await;
+    let status = upload(&server, &alice, "s-captor", &payload, &captor).await;
+    assert_eq!(status.reason_code, "QUALITY_GATE_ROUTING", "{status:?}");
+    let last = status.results.last().unwrap();
+    assert_eq!(last.step, "public_routing_share");
+    assert!(!last.passed && last.figure.parse::<f64>().unwrap() > 0.5);
+    assert!(!store.exists(&captor.total.0).await.unwrap());
+    assert!(store.staging_objects().await.unwrap().is_empty());
+    assert_eq!(
+        alice.list_versions("research", false).await.unwrap().len(),
+        1,
+        "a rejected upload publishes nothing"
+    );
+
+    let http = server.running.http_addr.unwrap();
+    let (_, body) = http_get(http, "/metrics").await;
+    let text = String::from_utf8(body).unwrap();
+    for line in [
+        "tributary_uploads_total{outcome=\"accepted\"} 1",
+        "tributary_uploads_total{outcome=\"QUALITY_GATE_ROUTING\"} 1",
+        "tributary_quality_gate_duration_seconds_count 2",
+        "tributary_upload_duration_seconds_count 2",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    assert!(text.contains(
+        "tributary_grpc_request_duration_seconds_count{method=\"/tributary.v1.SubmissionService/UploadExpert\",code=\"0\"} 2"
+    ));
+    server.stop().await;
+}
+
+/// Opens an upload of `manifest` and sends only its header; the returned
+/// sender keeps the stream open.
+async fn open_upload(
+    client: &Client,
+    id: &str,
+    manifest: &tributary_ledger::event::ExpertManifest,
+    size: u64,
+) -> (
+    tokio::sync::mpsc::Sender<v1::UploadExpertRequest>,
+    tokio::task::JoinHandle<Result<tonic::Response<v1::SubmissionStatus>, tonic::Status>>,
+) {
+    let signer = client.signer().unwrap().clone();
+    let submission = tributary_ledger::SubmissionId::new(id).unwrap();
+    let event = Event::ExpertSubmitted(tributary_ledger::event::ExpertSubmitted {
+        submission: submission.clone(),
+        contributor: ContributorId::new(signer.key_id()).unwrap(),
+        manifest: manifest.clone(),
+    });
+    let statement = client.statement(&event).unwrap();
+    let mut header = v1::UploadHeader {
+        auth: None,
+        submission_id: id.to_string(),
+        contributor_id: signer.key_id().to_string(),
+        manifest: Some(tributary_client::convert::manifest_to_proto(manifest)),
+        manifest_signature: Some(tributary_client::convert::signature_to_proto(&statement)),
+        payload_size: size,
+    };
+    signer.sign(&mut header).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::UploadExpertRequest {
+        message: Some(v1::upload_expert_request::Message::Header(header)),
+    })
+    .await
+    .unwrap();
+    let mut raw = client.submissions();
+    let call = tokio::spawn(async move {
+        raw.upload_expert(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    (tx, call)
+}
+
+#[tokio::test]
+async fn uploads_beyond_the_limit_are_refused_until_a_slot_frees() {
+    use crate::validate::good_upload;
+
+    let server = TestServer::start(Options {
+        max_message_bytes: 1 << 20,
+        max_concurrent_uploads: 1,
+        ..Options::default()
+    })
+    .await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 42).await;
+    let (payload, first) = good_upload(21);
+    consent_for(&alice, "c-first", &first, None).await;
+    let (payload2, second) = good_upload(22);
+    consent_for(&alice, "c-second", &second, None).await;
+
+    // The first upload holds the only slot once its header is in.
+    let (sender, call) = open_upload(&alice, "s-first", &first, payload.len() as u64).await;
+    let slots = &server.running.state.uploads;
+    for _ in 0..200 {
+        if slots.available_permits() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        slots.available_permits(),
+        0,
+        "the first upload holds the slot"
+    );
+    let path = server.dir.path().join("second.safetensors");
+    std::fs::write(&path, &payload2).unwrap();
+    let id = tributary_ledger::SubmissionId::new("s-second").unwrap();
+    let refused = alice.upload_expert(&id, &second, &path).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unavailable), "{refused:?}");
+    assert_eq!(refused.reason_code(), Some("TOO_MANY_UPLOADS"));
+
+    // The first upload completes; the slot frees and the second goes through.
+    for chunk in payload.chunks(64 * 1024) {
+        sender
+            .send(v1::UploadExpertRequest {
+                message: Some(v1::upload_expert_request::Message::Chunk(v1::Chunk {
+                    data: chunk.to_vec(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+    drop(sender);
+    let status = call.await.unwrap().unwrap().into_inner();
+    assert!(accepted(&status), "{status:?}");
+    let status = upload(&server, &alice, "s-second", &payload2, &second).await;
+    assert!(accepted(&status), "{status:?}");
+
+    // A stream abandoned after its header frees its slot too, leaving nothing.
+    let (payload3, third) = good_upload(23);
+    consent_for(&alice, "c-third", &third, None).await;
+    let before = counts(server.pool()).await;
+    let (sender, call) = open_upload(&alice, "s-third", &third, payload3.len() as u64).await;
+    call.abort();
+    drop(sender);
+    for _ in 0..200 {
+        if slots.available_permits() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = upload(&server, &alice, "s-third", &payload3, &third).await;
+    assert!(accepted(&status), "{status:?}");
+    assert_eq!(
+        counts(server.pool()).await.0,
+        before.0 + 3,
+        "one version and two decisions"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_consent_is_ended_by_the_coordinator_like_a_withdrawal() {
+    use crate::validate::good_upload;
+    use coordinator::blobs::BlobStore;
+
+    let server = TestServer::start(Options {
+        max_message_bytes: 1 << 20,
+        expiry_check: Duration::from_millis(200),
+        ..Options::default()
+    })
+    .await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 43).await;
+    let store = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
+    let (payload, keep) = good_upload(31);
+    consent_for(&alice, "c-keep", &keep, None).await;
+    assert!(accepted(
+        &upload(&server, &alice, "s-keep", &payload, &keep).await
+    ));
+    let (payload, brief) = good_upload(32);
+    let now = u64::try_from(tributary_client::signing::now_unix_ms() / 1000).unwrap();
+    consent_for(&alice, "c-brief", &brief, Some(now + 3)).await;
+    assert!(accepted(
+        &upload(&server, &alice, "s-brief", &payload, &brief).await
+    ));
+    assert!(store.exists(&brief.total.0).await.unwrap());
+
+    // Within a few seconds of the expiry: a version without the expert.
+    let mut versions = Vec::new();
+    for _ in 0..100 {
+        versions = alice.list_versions("research", true).await.unwrap();
+        if versions.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(versions.len(), 3, "{versions:?}");
+    let ids: Vec<&str> = versions[0]
+        .experts
+        .iter()
+        .map(|e| e.consent_id.as_str())
+        .collect();
+    assert_eq!(ids, ["c-keep"]);
+    assert!(versions[1].revoked, "the version listing it is revoked");
+    let current = alice.list_versions("research", false).await.unwrap();
+    assert_eq!(current.len(), 2, "{current:?}");
+    assert!(!store.exists(&brief.total.0).await.unwrap(), "erased");
+    let consents = alice.list_consents(10).await.unwrap();
+    let brief_state = consents
+        .iter()
+        .find(|c| c.terms.as_ref().unwrap().consent_id == "c-brief")
+        .unwrap()
+        .state;
+    assert_eq!(brief_state, v1::ConsentState::Expired as i32);
+
+    let entries = audited_entries(&alice).await;
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| tributary_ledger::Entry::from_bytes(e).unwrap().event.kind())
+        .collect();
+    assert_eq!(
+        &kinds[kinds.len() - 3..],
+        ["ConsentExpired", "ModelVersionPublished", "ExpertErased"]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn batched_publishing_gathers_accepted_experts_into_one_version() {
+    use crate::validate::good_upload;
+    use coordinator::service::tasks::publish_pending;
+
+    let server = TestServer::start(Options {
+        max_message_bytes: 1 << 20,
+        // The batch publisher's first pass runs at start; the next is far off,
+        // so the test publishes by calling the pass itself.
+        publish_every: Some(Duration::from_secs(3600)),
+        ..Options::default()
+    })
+    .await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 44).await;
+    for (seed, name) in [(51, "one"), (52, "two")] {
+        let (payload, m) = good_upload(seed);
+        consent_for(&alice, &format!("c-{name}"), &m, None).await;
+        let status = upload(&server, &alice, &format!("s-{name}"), &payload, &m).await;
+        assert!(accepted(&status), "{status:?}");
+    }
+    assert!(
+        alice
+            .list_versions("research", false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let state = &server.running.state;
+    let published = publish_pending(state).await.unwrap();
+    assert_eq!(published.len(), 1);
+    let versions = alice.list_versions("research", false).await.unwrap();
+    assert_eq!(versions.len(), 1);
+    let listed: Vec<&str> = versions[0]
+        .experts
+        .iter()
+        .map(|e| e.submission_id.as_str())
+        .collect();
+    assert_eq!(listed, ["s-one", "s-two"]);
+    assert!(
+        publish_pending(state).await.unwrap().is_empty(),
+        "nothing pending"
+    );
+
+    // A third expert joins the next batch on top of the first.
+    let (payload, m) = good_upload(53);
+    consent_for(&alice, "c-three", &m, None).await;
+    assert!(accepted(
+        &upload(&server, &alice, "s-three", &payload, &m).await
+    ));
+    assert_eq!(publish_pending(state).await.unwrap().len(), 1);
+    let versions = alice.list_versions("research", false).await.unwrap();
+    assert_eq!(versions[0].parent, Some(versions[1].version));
+    assert_eq!(versions[0].experts.len(), 3);
     server.stop().await;
 }

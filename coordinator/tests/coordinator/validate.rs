@@ -142,7 +142,11 @@ pub fn manifest(payload: &[u8], tensors: Vec<TensorDigest>) -> ExpertManifest {
 
 /// A good expert's payload (as `tributary-model` writes it) and manifest.
 pub fn good_upload(seed: u64) -> (Vec<u8>, ExpertManifest) {
-    let tensors = expert_tensors(seed);
+    upload_of(&expert_tensors(seed))
+}
+
+/// `tensors` as a payload (as `tributary-model` writes it) and its manifest.
+pub fn upload_of(tensors: &TensorMap) -> (Vec<u8>, ExpertManifest) {
     let payload = tensors.to_safetensors().unwrap();
     let digests = tensors
         .0
@@ -661,20 +665,23 @@ fn the_manifest_signature_is_the_contributors_statement() {
     );
 }
 
+/// The committed public held-out slice (the quality gate's text in tests).
+pub fn public_heldout() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/slices/public/heldout.jsonl")
+}
+
 fn public_tokens() -> Vec<u32> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let tok = tributary_corpus::TextTokenizer::load(anchor_dir()).unwrap();
-    let docs =
-        tributary_corpus::read_documents(&[root.join("data/slices/public/heldout.jsonl")]).unwrap();
+    let docs = tributary_corpus::read_documents(&[public_heldout()]).unwrap();
     let mut stream = tributary_corpus::token_stream(&docs, &tok).unwrap();
     stream.truncate(1025);
     stream
 }
 
-/// An expert whose FFN is the public FFN with `down_proj` times `down_scale`
-/// and whose router row is `r_pub` times `router_scale`.
-fn scaled_expert(down_scale: f32, router_scale: f32) -> tributary_model::ExpertPackage {
-    let (ckpt, reference) = anchor();
+/// The tensors of an expert whose FFN is the public FFN with `down_proj`
+/// times `down_scale` and whose router row is `r_pub` times `router_scale`.
+pub fn scaled_tensors(down_scale: f32, router_scale: f32) -> TensorMap {
+    let (ckpt, _) = anchor();
     let mut tensors = TensorMap::new();
     for l in 0..ckpt.config.num_hidden_layers {
         for proj in names::FFN_PROJS {
@@ -693,8 +700,14 @@ fn scaled_expert(down_scale: f32, router_scale: f32) -> tributary_model::ExpertP
             HostTensor::new(vec![ckpt.config.hidden_size], data).unwrap(),
         );
     }
-    let payload = tensors.to_safetensors().unwrap();
-    load_expert(&payload, reference).unwrap()
+    tensors
+}
+
+fn scaled_expert(down_scale: f32, router_scale: f32) -> tributary_model::ExpertPackage {
+    let payload = scaled_tensors(down_scale, router_scale)
+        .to_safetensors()
+        .unwrap();
+    load_expert(&payload, &anchor().1).unwrap()
 }
 
 #[test]
