@@ -67,6 +67,13 @@ pub struct ServeArgs {
     /// UNAVAILABLE / TOO_MANY_UPLOADS, to retry [default: 4].
     #[arg(long, env = "TRIBUTARY_MAX_CONCURRENT_UPLOADS")]
     pub max_concurrent_uploads: Option<usize>,
+    /// Smallest accepted ratio of an expert tensor's L2 norm to the anchor's
+    /// public FFN tensor (router row: to `r_pub`) [default: 0.1].
+    #[arg(long, env = "TRIBUTARY_NORM_RATIO_MIN")]
+    pub norm_ratio_min: Option<f64>,
+    /// Largest accepted norm ratio (see --norm-ratio-min) [default: 10].
+    #[arg(long, env = "TRIBUTARY_NORM_RATIO_MAX")]
+    pub norm_ratio_max: Option<f64>,
     /// Public validation text (.txt, .jsonl with a `text` field, or
     /// directories of them) for the quality gate: an upload must not raise its
     /// perplexity by more than --gate-max-perplexity-increase nor capture more
@@ -181,6 +188,15 @@ impl ServeArgs {
             ),
         };
         let defaults = Limits::default();
+        let norm_min = self.norm_ratio_min.or(file.norm_ratio_min);
+        let norm_max = self.norm_ratio_max.or(file.norm_ratio_max);
+        let (lo, hi) = (
+            norm_min.unwrap_or(*defaults.norm_ratio.start()),
+            norm_max.unwrap_or(*defaults.norm_ratio.end()),
+        );
+        if !(0.0 < lo && lo < hi) {
+            bail!("--norm-ratio-min must be positive and below --norm-ratio-max");
+        }
         let texts = if self.public_validation.is_empty() {
             file.public_validation
         } else {
@@ -248,6 +264,7 @@ impl ServeArgs {
                     .max_concurrent_uploads
                     .or(file.max_concurrent_uploads)
                     .unwrap_or(defaults.max_concurrent_uploads),
+                norm_ratio: lo..=hi,
             },
         })
     }
@@ -265,7 +282,8 @@ mod tests {
         std::fs::write(
             &path,
             "listen = \"127.0.0.1:7000\"\ndatabase-url = \"postgres://file\"\noperator-key = \"op.key\"\n\
-             tls-cert = \"s.pem\"\ntls-key = \"s.key\"\nrequest-window-secs = 10\n",
+             tls-cert = \"s.pem\"\ntls-key = \"s.key\"\nrequest-window-secs = 10\n\
+             norm-ratio-min = 0.5\npublic-validation = [\"public.jsonl\"]\npublish-every-secs = 60\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -278,6 +296,21 @@ mod tests {
         assert_eq!(config.listen.port(), 7000);
         assert_eq!(config.limits.request_window_ms, 10_000);
         assert!(config.tls.is_some());
+        assert_eq!(config.limits.norm_ratio, 0.5..=10.0);
+        let gate = config.gate.as_ref().unwrap();
+        assert_eq!(gate.texts, [PathBuf::from("public.jsonl")]);
+        assert_eq!(gate.config.max_routing_share, 0.5);
+        assert_eq!(
+            config.publish_every,
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(config.expiry_check, std::time::Duration::from_secs(30));
+        let inverted = ServeArgs {
+            config: Some(path.clone()),
+            norm_ratio_max: Some(0.2),
+            ..Default::default()
+        };
+        assert!(inverted.resolve().is_err(), "min above max is refused");
 
         std::fs::write(&path, "database-url = \"x\"\noperator-key = \"k\"\n").unwrap();
         let no_tls = ServeArgs {

@@ -51,6 +51,8 @@ pub struct Limits {
     pub max_upload_bytes: u64,
     /// Uploads processed at once.
     pub max_concurrent_uploads: usize,
+    /// Accepted range of an expert tensor's norm over the anchor's (DESIGN step 5).
+    pub norm_ratio: std::ops::RangeInclusive<f64>,
 }
 
 impl Default for Limits {
@@ -60,6 +62,7 @@ impl Default for Limits {
             max_page: 500,
             max_upload_bytes: 8 << 30,
             max_concurrent_uploads: 4,
+            norm_ratio: 0.1..=10.0,
         }
     }
 }
@@ -136,6 +139,8 @@ impl AppState {
         } = policy;
         let validation = crate::validate::ValidationLimits {
             max_payload_bytes: limits.max_upload_bytes,
+            norm_ratio_min: *limits.norm_ratio.start(),
+            norm_ratio_max: *limits.norm_ratio.end(),
             ..crate::validate::ValidationLimits::default()
         };
         let origin = note_signer.verifier().name().to_string();

@@ -10,7 +10,10 @@
 //!   a purpose's head version does not list yet joins one new version per
 //!   purpose.
 //!
-//! [`run`] calls both at their intervals until shutdown.
+//! [`run`] calls both at their intervals until shutdown, and sweeps the blob
+//! store's staging area of uploads abandoned by a crashed process (staged
+//! more than [`STAGING_MAX_AGE`] ago: a shared store may hold another
+//! coordinator's upload in flight) at start and hourly.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,6 +30,9 @@ use super::publish::{self, Listed};
 use super::writer::{LedgerTx, now};
 use super::{AppState, ServiceError, ServiceResult};
 use crate::store::state::{self as rows, ConsentState};
+
+/// Age beyond which a staged upload is taken for abandoned.
+pub const STAGING_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 
 /// How often the background passes run.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +52,8 @@ pub async fn run(
 ) {
     let mut expiry = tokio::time::interval(intervals.expiry);
     let mut publish = tokio::time::interval(intervals.publish.unwrap_or(Duration::from_secs(3600)));
+    let mut sweep = tokio::time::interval(Duration::from_secs(3600));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stopped = async move {
@@ -58,6 +66,13 @@ pub async fn run(
             _ = expiry.tick() => {
                 if let Err(e) = expire_due(&state).await {
                     tracing::warn!(error = %e.detail, "consent expiry pass failed");
+                }
+            }
+            _ = sweep.tick() => {
+                match state.store.sweep_staging(STAGING_MAX_AGE).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "abandoned staged uploads removed"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping the staging area failed"),
                 }
             }
             _ = publish.tick(), if intervals.publish.is_some() => {
