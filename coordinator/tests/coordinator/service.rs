@@ -1182,3 +1182,63 @@ async fn batched_publishing_gathers_accepted_experts_into_one_version() {
     assert_eq!(versions[0].experts.len(), 3);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_an_upload_in_flight_finish() {
+    use crate::validate::good_upload;
+
+    let server = TestServer::start(Options {
+        max_message_bytes: 1 << 20,
+        max_concurrent_uploads: 1,
+        ..Options::default()
+    })
+    .await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 45).await;
+    let (payload, m) = good_upload(61);
+    consent_for(&alice, "c-late", &m, None).await;
+    let (sender, call) = open_upload(&alice, "s-late", &m, payload.len() as u64).await;
+    let slots = server.running.state.uploads.clone();
+    for _ in 0..200 {
+        if slots.available_permits() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(slots.available_permits(), 0, "the upload is in flight");
+
+    // Shutdown is requested mid-upload; the upload still completes and is recorded.
+    let TestServer {
+        db,
+        dir,
+        running,
+        stop,
+        ..
+    } = server;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for chunk in payload.chunks(64 * 1024) {
+        sender
+            .send(v1::UploadExpertRequest {
+                message: Some(v1::upload_expert_request::Message::Chunk(v1::Chunk {
+                    data: chunk.to_vec(),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+    drop(sender);
+    let status = call.await.unwrap().unwrap().into_inner();
+    assert!(accepted(&status), "{status:?}");
+    tokio::time::timeout(Duration::from_secs(20), running.wait())
+        .await
+        .expect("the server stops once the upload is done")
+        .expect("the server stops cleanly");
+    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM versions")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(published, 1);
+    drop(dir);
+    db.drop_db().await;
+}
