@@ -10,6 +10,7 @@
 //! - [`writer`]: the transaction that appends entries.
 //! - [`contributors`], [`consent`], [`ledger`], [`versions`], [`anchor`],
 //!   [`submissions`]: one file per service.
+//! - [`files`]: streaming checkpoint files out of the blob store.
 //! - [`ports`]: the interfaces to the blob store and the validator.
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod consent;
 pub mod contributors;
 pub mod error;
+pub mod files;
 pub mod ledger;
 pub mod ports;
 pub mod submissions;
