@@ -1,7 +1,7 @@
 //! The anchor service end to end, over real TLS against a real Postgres:
 //! the shipped anchor installed at start-up and published again (a no-op),
 //! fetched by a contributor byte for byte, a new anchor published and made
-//! current, version downloads that carry the anchor's tokenizer files (also
+//! current, a restart on the same directory a no-op, version downloads that carry the anchor's tokenizer files (also
 //! once their anchor is no longer current), and bad publishes refused with
 //! their reason code, leaving no blob and no row behind.
 
@@ -15,7 +15,8 @@ use tributary_model::checkpoint::Checkpoint;
 use tributary_protos::v1;
 
 use crate::service::{
-    CHECKPOINT_FILES, Options, TestServer, assert_refused, enrol, file_names, upload_accepted,
+    CHECKPOINT_FILES, Options, TestServer, assert_refused, config_for, enrol, file_names,
+    upload_accepted,
 };
 use crate::validate::{anchor, anchor_dir};
 
@@ -310,5 +311,36 @@ async fn bad_anchor_publishes_are_refused_and_leave_nothing_behind() {
     let (blobs, staging, rows) = at_rest(&server, &store).await;
     assert_eq!((staging, rows), (0, before.2 + 1));
     assert!(blobs.len() > before.0.len());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn restarting_on_the_same_anchor_directory_changes_nothing() {
+    let (server, store) = start().await;
+    let base = server.client().await;
+    let installed = current(&base).await;
+    let before = at_rest(&server, &store).await;
+    // A row in the old form (only the weights, as an object) is rewritten.
+    sqlx::query(r#"UPDATE anchors SET files = '{"model.safetensors": "00"}'::jsonb"#)
+        .execute(server.pool())
+        .await
+        .unwrap();
+
+    // A second coordinator on the same database and blob store.
+    let options = Options {
+        max_message_bytes: 1 << 20,
+        ..Options::default()
+    };
+    let config = config_for(&server.db, server.dir.path(), &server.ca, &options);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = coordinator::server::serve(config, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(at_rest(&server, &store).await, before);
+    assert_eq!(current(&base).await, installed);
+    let _ = stop.send(());
+    second.wait().await.unwrap();
     server.stop().await;
 }

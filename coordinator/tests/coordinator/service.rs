@@ -26,9 +26,9 @@ use crate::support::TestDb;
 
 /// A coordinator started for one test.
 pub(crate) struct TestServer {
-    db: TestDb,
+    pub(crate) db: TestDb,
     pub(crate) dir: tempfile::TempDir,
-    ca: DevCa,
+    pub(crate) ca: DevCa,
     pub(crate) running: Running,
     stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -47,7 +47,7 @@ impl Default for Options {
     }
 }
 
-fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeConfig {
+pub(crate) fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
