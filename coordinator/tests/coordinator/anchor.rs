@@ -299,6 +299,16 @@ async fn bad_anchor_publishes_are_refused_and_leave_nothing_behind() {
         );
     }
 
+    // The shipped weights with other files: that anchor exists already.
+    let shipped: Vec<_> = read_files(&anchor_dir())
+        .into_iter()
+        .filter(|(n, _)| n != "recipe.json")
+        .collect();
+    let (other_files, other_body) = wire(&shipped);
+    let refused = publish_raw(&operator, other_files, &other_body).await;
+    assert_refused(refused, Code::AlreadyExists, "ANCHOR_EXISTS");
+    assert_eq!(at_rest(&server, &store).await, before);
+
     // Only the operator publishes anchors.
     let alice = enrol(&server, &base, "alice", 41).await;
     let refused = alice.publish_anchor(&fresh, true).await;
@@ -342,5 +352,24 @@ async fn restarting_on_the_same_anchor_directory_changes_nothing() {
     assert_eq!(current(&base).await, installed);
     let _ = stop.send(());
     second.wait().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_anchor_over_the_size_limit_is_refused_before_its_bytes() {
+    let server = TestServer::start(Options {
+        max_message_bytes: 1 << 20,
+        max_upload_bytes: 1 << 20,
+        ..Options::default()
+    })
+    .await;
+    let store = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
+    let operator = server.client().await.with_signer(server.operator());
+    let before = at_rest(&server, &store).await;
+    let fresh = server.dir.path().join("fresh");
+    write_variant(&fresh, 2.0);
+    let refused = operator.publish_anchor(&fresh, true).await;
+    assert_refused(refused, Code::InvalidArgument, "ANCHOR_TOO_LARGE");
+    assert_eq!(at_rest(&server, &store).await, before);
     server.stop().await;
 }

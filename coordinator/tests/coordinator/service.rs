@@ -36,6 +36,7 @@ pub(crate) struct TestServer {
 pub(crate) struct Options {
     pub(crate) mtls: bool,
     pub(crate) max_message_bytes: usize,
+    pub(crate) max_upload_bytes: u64,
 }
 
 impl Default for Options {
@@ -43,6 +44,7 @@ impl Default for Options {
         Self {
             mtls: false,
             max_message_bytes: 64 * 1024,
+            max_upload_bytes: Limits::default().max_upload_bytes,
         }
     }
 }
@@ -63,6 +65,7 @@ pub(crate) fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options)
         max_message_bytes: options.max_message_bytes,
         limits: Limits {
             request_window_ms: 60_000,
+            max_upload_bytes: options.max_upload_bytes,
             ..Limits::default()
         },
     }
