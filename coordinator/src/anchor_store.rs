@@ -286,6 +286,20 @@ pub async fn upsert(
     Ok(())
 }
 
+/// The key of the advisory lock that serialises anchor publishing (ASCII
+/// "tribanch").
+pub const PUBLISH_LOCK_KEY: i64 = 0x7472_6962_616e_6368;
+
+/// Takes the publishing lock until the transaction ends: one anchor publish
+/// at a time across coordinators, so none deletes a blob another relies on.
+pub async fn lock_publishing(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(r"SELECT pg_advisory_xact_lock($1)")
+        .bind(PUBLISH_LOCK_KEY)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
 /// Makes the anchor `digest` the only current one (call inside a transaction).
 pub async fn set_current(
     tx: &mut sqlx::PgConnection,

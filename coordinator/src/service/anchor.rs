@@ -17,6 +17,7 @@ use tributary_protos::v1::anchor_service_server::AnchorService;
 use super::{AppState, ServiceError, ServiceResult, auth, files};
 use crate::anchor_store::{self, AnchorError, AnchorFile, AnchorRow};
 use crate::blobs::BlobStore;
+use crate::validate::AnchorReference;
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -204,18 +205,31 @@ impl Anchors {
             .operator()?;
         let files = listing(&header.files)?;
         let digest = anchor_store::check_listing(&files, state.limits.max_upload_bytes)?;
+        // Held until the transaction ends, so that no other publish sees a
+        // blob this one may still delete.
+        anchor_store::lock_publishing(&mut tx).await?;
         let mut created = Vec::new();
         let stored = self
-            .store_and_record(&mut stream, &files, &mut created, tx, header.make_current)
+            .store_and_record(&mut stream, &files, &mut created, &mut tx)
             .await;
-        if stored.is_err() {
-            for blob in &created {
-                if let Err(e) = state.store.delete(blob).await {
-                    tracing::error!(%blob, error = %e, "deleting a blob of a refused anchor");
-                }
+        let reference = match stored {
+            Ok(reference) => reference,
+            Err(e) => {
+                self.delete_blobs(&created).await;
+                return Err(e);
             }
+        };
+        if header.make_current {
+            anchor_store::set_current(&mut tx, &digest).await?;
         }
-        stored?;
+        if let Err(e) = tx.commit().await {
+            self.delete_blobs(&created).await;
+            return Err(e.into());
+        }
+        if header.make_current {
+            state.set_current_anchor(reference);
+            tracing::info!(anchor = %digest, "anchor published and made current");
+        }
         let mut conn = state.pool.acquire().await?;
         let row = anchor_store::find(&mut conn, Some(&digest))
             .await?
@@ -223,16 +237,24 @@ impl Anchors {
         Ok(info(&row))
     }
 
+    /// Deletes the blobs a refused publish created.
+    async fn delete_blobs(&self, created: &[Sha256Digest]) {
+        for blob in created {
+            if let Err(e) = self.0.store.delete(blob).await {
+                tracing::error!(%blob, error = %e, "deleting a blob of a refused anchor");
+            }
+        }
+    }
+
     /// Receives the files (noting in `created` the blobs this call adds),
-    /// loads them as an anchor and records it in `tx`.
+    /// loads them as an anchor and records its row in `tx`.
     async fn store_and_record(
         &self,
         stream: &mut Streaming<v1::PublishAnchorRequest>,
         files: &[AnchorFile],
         created: &mut Vec<Sha256Digest>,
-        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        make_current: bool,
-    ) -> ServiceResult<()> {
+        tx: &mut sqlx::PgConnection,
+    ) -> ServiceResult<Arc<AnchorReference>> {
         let state = &self.0;
         let mut incoming = Incoming {
             stream,
@@ -251,18 +273,10 @@ impl Anchors {
         }
         let reference = anchor_store::load_reference(&state.store, files).await?;
         let digest = reference.digest;
-        if !anchor_store::insert(&mut tx, &digest, files).await? {
-            same_files(&mut tx, &digest, files).await?;
+        if !anchor_store::insert(&mut *tx, &digest, files).await? {
+            same_files(tx, &digest, files).await?;
         }
-        if make_current {
-            anchor_store::set_current(&mut tx, &digest).await?;
-        }
-        tx.commit().await?;
-        if make_current {
-            state.set_current_anchor(reference);
-            tracing::info!(anchor = %digest, "anchor published and made current");
-        }
-        Ok(())
+        Ok(reference)
     }
 }
 
