@@ -3,6 +3,7 @@
 //!
 //! Modules:
 //! - [`anchor`]: `coordinator anchor pretrain`, the operator's anchor training.
+//! - [`anchor_store`]: anchors at rest: their files as blobs, the `anchors` rows.
 //! - [`blobs`]: the content-addressed blob store (streaming, staged uploads).
 //! - [`validate`]: streaming validation of expert uploads and the quality gate.
 //! - [`assemble`]: model versions assembled from blob ranges, never copied.
@@ -16,6 +17,7 @@
 //! - [`devca`]: `coordinator dev-ca`, development certificates and operator key.
 
 pub mod anchor;
+pub mod anchor_store;
 pub mod assemble;
 pub mod blobs;
 pub mod config;

@@ -29,7 +29,7 @@ use crate::service::submissions::Submissions;
 use crate::service::versions::Versions;
 use crate::service::{AppState, Policy, tasks};
 use crate::validate::AnchorReference;
-use crate::{devca, http as http_side, store};
+use crate::{anchor_store, devca, http as http_side, store};
 
 /// A started coordinator.
 #[derive(Debug)]
@@ -203,8 +203,9 @@ pub async fn serve(
     })
 }
 
-/// Loads the anchor checkpoint in `dir`, stores its `model.safetensors` as a
-/// blob (streamed) and records it as the current row of `anchors`.
+/// Loads the anchor checkpoint in `dir`, stores every file of it as a blob
+/// (streamed) and records it as the current row of `anchors`. Running it
+/// again with the same directory changes nothing.
 async fn install_anchor(
     pool: &sqlx::PgPool,
     blobs: &BlobStore,
@@ -215,38 +216,16 @@ async fn install_anchor(
         .await
         .context("the anchor loader panicked")?
         .with_context(|| format!("loading the anchor {}", dir.display()))?;
-    let weights = dir.join("model.safetensors");
-    if !blobs.exists(&anchor.digest).await? {
-        let mut file = tokio::fs::File::open(&weights)
-            .await
-            .with_context(|| format!("opening {}", weights.display()))?;
-        let mut writer = blobs.writer().await?;
-        let mut buffer = vec![0u8; 1 << 20];
-        loop {
-            let n = tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await?;
-            if n == 0 {
-                break;
-            }
-            writer.write(&buffer[..n]).await?;
-        }
-        writer.commit(&anchor.digest).await?;
-    }
-    let files = serde_json::json!({ "model.safetensors": anchor.digest.to_string() }).to_string();
+    let files = anchor_store::store_dir(blobs, dir)
+        .await
+        .with_context(|| format!("storing the anchor {}", dir.display()))?;
+    anchor_store::check_listing(&files, u64::MAX)
+        .with_context(|| format!("the anchor {}", dir.display()))?;
     let mut tx = pool.begin().await?;
-    sqlx::query(r"UPDATE anchors SET is_current = false WHERE is_current AND digest <> $1")
-        .bind(anchor.digest.0.as_slice())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        r"INSERT INTO anchors (digest, files, is_current) VALUES ($1, $2::text::jsonb, true)
-          ON CONFLICT ON CONSTRAINT anchors_pkey DO UPDATE SET is_current = true",
-    )
-    .bind(anchor.digest.0.as_slice())
-    .bind(files)
-    .execute(&mut *tx)
-    .await?;
+    anchor_store::upsert(&mut tx, &anchor.digest, &files).await?;
+    anchor_store::set_current(&mut tx, &anchor.digest).await?;
     tx.commit().await?;
-    tracing::info!(anchor = %anchor.digest, "anchor loaded");
+    tracing::info!(anchor = %anchor.digest, files = files.len(), "anchor loaded");
     Ok(Arc::new(anchor))
 }
 

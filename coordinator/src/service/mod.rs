@@ -10,6 +10,7 @@
 //! - [`writer`]: the transaction that appends entries.
 //! - [`contributors`], [`consent`], [`ledger`], [`versions`], [`anchor`],
 //!   [`submissions`]: one file per service.
+//! - [`files`]: streaming checkpoint files out of the blob store.
 //! - [`ports`]: the interfaces to the blob store and the validator.
 //! - [`publish`]: publishing versions and ending consents, shared by the services
 //!   and the background [`tasks`] (batch publishing, consent expiry).
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod consent;
 pub mod contributors;
 pub mod error;
+pub mod files;
 pub mod gate;
 pub mod ledger;
 pub mod ports;

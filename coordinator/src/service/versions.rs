@@ -1,8 +1,9 @@
 //! `VersionService`: published versions (list by purpose, get) and their
 //! download. A version is a manifest of blob digests; its digest is
-//! [`manifest_digest`]. A download streams `config.json` and the
-//! `model.safetensors` assembled from the anchor's and experts' blobs
-//! (`assemble.rs`), each after a header with its size and SHA-256.
+//! [`manifest_digest`]. A download is a complete Hugging Face checkpoint
+//! directory: `config.json`, the `model.safetensors` assembled from the
+//! anchor's and experts' blobs (`assemble.rs`) and the anchor's tokenizer
+//! files, each after a header with its size and SHA-256.
 
 use std::sync::Arc;
 
@@ -14,9 +15,13 @@ use tributary_ledger::{Purpose, Sha256Digest, VersionNumber};
 use tributary_protos::v1;
 use tributary_protos::v1::version_service_server::VersionService;
 
-use futures::StreamExt as _;
+use bytes::Bytes;
+use tributary_model::FlexOlmoConfig;
+use tributary_model::checkpoint::TOKENIZER_FILES;
 
+use super::files::{self, Body};
 use super::{AppState, ServiceError, ServiceResult, page_size, page_token};
+use crate::anchor_store::{self, AnchorRow};
 use crate::assemble::{AssembledCheckpoint, VersionManifest as BlobManifest};
 use crate::store::state::{self as rows, VersionRow};
 
@@ -149,73 +154,36 @@ impl VersionService for Versions {
         &self,
         request: Request<v1::DownloadVersionRequest>,
     ) -> Result<Response<Self::DownloadVersionStream>, Status> {
-        let (files, assembled) = self.plan_download(request.get_ref().version).await?;
-        let store = self.0.store.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let Download {
-                config_header,
-                config,
-                model_header,
-            } = files;
-            let send = |m| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(Ok(v1::DownloadVersionResponse { message: Some(m) }))
-                        .await
-                        .is_ok()
-                }
-            };
-            if !send(Message::File(config_header)).await
-                || !send(Message::Chunk(v1::Chunk { data: config })).await
-                || !send(Message::File(model_header)).await
-            {
-                return;
+        let files = self.plan_download(request.get_ref().version).await?;
+        Ok(Response::new(files::send(files, |c| {
+            v1::DownloadVersionResponse {
+                message: Some(Message::Chunk(c)),
             }
-            let mut body = assembled.stream(&store);
-            while let Some(next) = body.next().await {
-                match next {
-                    Ok(bytes) => {
-                        for piece in bytes.chunks(DOWNLOAD_CHUNK) {
-                            if !send(Message::Chunk(v1::Chunk {
-                                data: piece.to_vec(),
-                            }))
-                            .await
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let status: Status = ServiceError::internal(e).into();
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
+        })))
     }
 }
 
-/// Largest payload chunk of a download message.
-const DOWNLOAD_CHUNK: usize = 1 << 20;
-
 type Message = v1::download_version_response::Message;
 
-/// The files of a download besides the streamed weights.
-struct Download {
-    config_header: v1::CheckpointFile,
-    config: Vec<u8>,
-    model_header: v1::CheckpointFile,
+fn header(name: &str, size: u64, sha256: &Sha256Digest) -> v1::DownloadVersionResponse {
+    v1::DownloadVersionResponse {
+        message: Some(Message::File(v1::CheckpointFile {
+            name: name.to_owned(),
+            size,
+            sha256: Some(digest_to_proto(sha256)),
+        })),
+    }
 }
 
 impl Versions {
-    /// Plans the download of a version: `config.json` (in memory) and the
-    /// assembled `model.safetensors` (streamed from the blobs), with their headers.
-    async fn plan_download(&self, version: u64) -> ServiceResult<(Download, AssembledCheckpoint)> {
+    /// Plans the download of a version: `config.json` (in memory), the
+    /// assembled `model.safetensors` (streamed from the blobs) and the
+    /// anchor's tokenizer files (blobs), each after its header. The anchor
+    /// need not be the current one, only stored.
+    async fn plan_download(
+        &self,
+        version: u64,
+    ) -> ServiceResult<Vec<(v1::DownloadVersionResponse, Body)>> {
         let state = &self.0;
         let mut conn = state.pool.acquire().await?;
         let row = rows::version(&mut conn, VersionNumber(version))
@@ -223,7 +191,6 @@ impl Versions {
             .ok_or_else(|| {
                 ServiceError::not_found("UNKNOWN_VERSION", format!("no version {version}"))
             })?;
-        drop(conn);
         if row.revoked_index.is_some() {
             return Err(ServiceError::new(
                 Code::FailedPrecondition,
@@ -231,47 +198,68 @@ impl Versions {
                 format!("version {version} was revoked; download its replacement"),
             ));
         }
-        let anchor = state
-            .current_anchor()
-            .filter(|a| a.digest == row.anchor)
-            .ok_or_else(|| {
-                ServiceError::new(
-                    Code::FailedPrecondition,
-                    "ANCHOR_UNAVAILABLE",
-                    format!(
-                        "the anchor {} of version {version} is not loaded",
-                        row.anchor
-                    ),
-                )
-            })?;
+        let (anchor, config) = self.stored_anchor(&mut conn, version, &row.anchor).await?;
+        drop(conn);
         let manifest = BlobManifest {
             anchor: row.anchor,
             experts: row.experts.iter().map(|(e, _)| e.expert.0).collect(),
             top_k: row.top_k as usize,
         };
-        let assembled = AssembledCheckpoint::from_manifest(&state.store, &anchor.config, &manifest)
+        let assembled = AssembledCheckpoint::from_manifest(&state.store, &config, &manifest)
             .await
             .map_err(ServiceError::internal)?;
         let model_sha = assembled
             .sha256(&state.store)
             .await
             .map_err(ServiceError::internal)?;
-        let config = assembled.config_json().into_bytes();
-        Ok((
-            Download {
-                config_header: v1::CheckpointFile {
-                    name: "config.json".into(),
-                    size: config.len() as u64,
-                    sha256: Some(digest_to_proto(&Sha256Digest::of(&config))),
-                },
-                config,
-                model_header: v1::CheckpointFile {
-                    name: "model.safetensors".into(),
-                    size: assembled.len(),
-                    sha256: Some(digest_to_proto(&model_sha)),
-                },
-            },
-            assembled,
-        ))
+        let config = Bytes::from(assembled.config_json().into_bytes());
+        let mut out = vec![
+            (
+                header(
+                    "config.json",
+                    config.len() as u64,
+                    &Sha256Digest::of(&config),
+                ),
+                files::bytes(config),
+            ),
+            (
+                header("model.safetensors", assembled.len(), &model_sha),
+                assembled.stream(&state.store),
+            ),
+        ];
+        for name in TOKENIZER_FILES {
+            if let Some(f) = anchor.file(name) {
+                out.push((
+                    header(name, f.size, &f.sha256),
+                    files::blob(&state.store, f.sha256),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The row and configuration of a version's anchor, current or not;
+    /// `ANCHOR_UNAVAILABLE` when it is not stored.
+    async fn stored_anchor(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        version: u64,
+        digest: &Sha256Digest,
+    ) -> ServiceResult<(AnchorRow, FlexOlmoConfig)> {
+        let unavailable = |detail: String| {
+            tracing::warn!(anchor = %digest, %detail, "anchor unavailable");
+            ServiceError::new(
+                Code::FailedPrecondition,
+                "ANCHOR_UNAVAILABLE",
+                format!("the anchor {digest} of version {version} is not stored"),
+            )
+        };
+        let anchor = anchor_store::find(conn, Some(digest))
+            .await?
+            .ok_or_else(|| unavailable("no anchors row".into()))?;
+        let config = anchor_store::read_config(&self.0.store, &anchor.files)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok((anchor, config))
     }
 }

@@ -26,22 +26,23 @@ use tributary_protos::v1;
 use crate::support::TestDb;
 
 /// A coordinator started for one test.
-struct TestServer {
-    db: TestDb,
-    dir: tempfile::TempDir,
-    ca: DevCa,
-    running: Running,
+pub(crate) struct TestServer {
+    pub(crate) db: TestDb,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) ca: DevCa,
+    pub(crate) running: Running,
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
-struct Options {
-    mtls: bool,
-    max_message_bytes: usize,
-    max_concurrent_uploads: usize,
+pub(crate) struct Options {
+    pub(crate) mtls: bool,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_upload_bytes: u64,
+    pub(crate) max_concurrent_uploads: usize,
     /// Turns the quality gate on, scoring the public held-out slice.
-    gate: bool,
-    publish_every: Option<Duration>,
-    expiry_check: Duration,
+    pub(crate) gate: bool,
+    pub(crate) publish_every: Option<Duration>,
+    pub(crate) expiry_check: Duration,
 }
 
 impl Default for Options {
@@ -49,6 +50,7 @@ impl Default for Options {
         Self {
             mtls: false,
             max_message_bytes: 64 * 1024,
+            max_upload_bytes: Limits::default().max_upload_bytes,
             max_concurrent_uploads: 4,
             gate: false,
             publish_every: None,
@@ -57,7 +59,7 @@ impl Default for Options {
     }
 }
 
-fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeConfig {
+pub(crate) fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -74,6 +76,7 @@ fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeCo
         limits: Limits {
             request_window_ms: 60_000,
             max_concurrent_uploads: options.max_concurrent_uploads,
+            max_upload_bytes: options.max_upload_bytes,
             ..Limits::default()
         },
         gate: options.gate.then(|| GateSettings {
@@ -91,7 +94,7 @@ fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeCo
 }
 
 impl TestServer {
-    async fn start(options: Options) -> TestServer {
+    pub(crate) async fn start(options: Options) -> TestServer {
         let db = TestDb::new().await;
         let dir = tempfile::tempdir().unwrap();
         let ca = devca::create(&DevCaArgs {
@@ -123,13 +126,13 @@ impl TestServer {
         ClientTls::new(&self.ca.ca_cert)
     }
 
-    async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::connect(&self.url(), Some(&self.tls()))
             .await
             .unwrap()
     }
 
-    fn operator(&self) -> RequestSigner {
+    pub(crate) fn operator(&self) -> RequestSigner {
         RequestSigner::operator(devca::operator_signing_key(&self.ca.operator_key).unwrap())
     }
 
@@ -138,11 +141,11 @@ impl TestServer {
         vec![NoteVerifier::from_key_string(text.trim()).unwrap()]
     }
 
-    fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.db.pool
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(20), self.running.wait())
             .await
@@ -158,7 +161,7 @@ fn key(n: u8) -> SigningKey {
 }
 
 /// Invites and registers contributor `name` with key `n`; returns its client.
-async fn enrol(server: &TestServer, base: &Client, name: &str, n: u8) -> Client {
+pub(crate) async fn enrol(server: &TestServer, base: &Client, name: &str, n: u8) -> Client {
     let operator = base.with_signer(server.operator());
     let id = ContributorId::new(name).unwrap();
     let invite = operator
@@ -172,7 +175,7 @@ async fn enrol(server: &TestServer, base: &Client, name: &str, n: u8) -> Client 
     me
 }
 
-fn terms(consent: &str, contributor: &str, expert: &[u8]) -> ConsentGranted {
+pub(crate) fn terms(consent: &str, contributor: &str, expert: &[u8]) -> ConsentGranted {
     ConsentGranted {
         consent: ConsentId::new(consent).unwrap(),
         contributor: ContributorId::new(contributor).unwrap(),
@@ -230,7 +233,11 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
     (status, body)
 }
 
-fn assert_refused(result: Result<impl std::fmt::Debug, ClientError>, code: Code, reason: &str) {
+pub(crate) fn assert_refused(
+    result: Result<impl std::fmt::Debug, ClientError>,
+    code: Code,
+    reason: &str,
+) {
     let error = result.expect_err("the call must be refused");
     assert_eq!(error.code(), Some(code), "{error}");
     assert_eq!(error.reason_code(), Some(reason), "{error}");
@@ -666,7 +673,7 @@ async fn dev_ca_keeps_secrets_private_and_a_wrong_ca_is_refused() {
 }
 
 /// Writes `payload` beside the server's files and uploads it as `id`.
-async fn upload(
+pub(crate) async fn upload(
     server: &TestServer,
     client: &Client,
     id: &str,
@@ -685,6 +692,48 @@ async fn upload(
         .unwrap()
 }
 
+/// The files of a downloaded version, in order: a complete Hugging Face
+/// checkpoint directory (the shipped anchor has every tokenizer file).
+pub(crate) const CHECKPOINT_FILES: [&str; 5] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// The names of downloaded files, in order.
+pub(crate) fn file_names(files: &[tributary_client::DownloadedFile]) -> Vec<String> {
+    files
+        .iter()
+        .map(|f| f.path.file_name().unwrap().to_string_lossy().to_string())
+        .collect()
+}
+
+/// Uploads the good expert of `seed` as submission `s-good` under consent
+/// `c-good` of `alice` and checks that it is accepted.
+pub(crate) async fn upload_accepted(
+    server: &TestServer,
+    alice: &Client,
+    seed: u64,
+) -> (
+    Vec<u8>,
+    tributary_ledger::event::ExpertManifest,
+    v1::SubmissionStatus,
+) {
+    let (payload, good) = crate::validate::good_upload(seed);
+    let mut consent = terms("c-good", "alice", b"");
+    consent.expert = good.total;
+    alice.grant_consent(consent).await.unwrap();
+    let status = upload(server, alice, "s-good", &payload, &good).await;
+    assert_eq!(
+        status.state,
+        v1::SubmissionState::Accepted as i32,
+        "{status:?}"
+    );
+    (payload, good, status)
+}
+
 #[tokio::test]
 async fn uploads_are_validated_recorded_and_published_as_versions() {
     use crate::validate::{craft, expert_tensors, good_upload, manifest, raw_entries};
@@ -700,16 +749,7 @@ async fn uploads_are_validated_recorded_and_published_as_versions() {
     let store = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
 
     // A valid expert with an active consent: accepted, stored, published.
-    let (payload, good) = good_upload(7);
-    let mut consent = terms("c-good", "alice", b"");
-    consent.expert = good.total;
-    alice.grant_consent(consent).await.unwrap();
-    let status = upload(&server, &alice, "s-good", &payload, &good).await;
-    assert_eq!(
-        status.state,
-        v1::SubmissionState::Accepted as i32,
-        "{status:?}"
-    );
+    let (payload, good, status) = upload_accepted(&server, &alice, 7).await;
     assert_eq!(status.reason_code, "");
     assert!(status.results.iter().all(|r| r.passed), "{status:?}");
     let steps: Vec<&str> = status.results.iter().map(|r| r.step.as_str()).collect();
@@ -775,11 +815,7 @@ async fn uploads_are_validated_recorded_and_published_as_versions() {
         .download_version(versions[0].version, &out)
         .await
         .unwrap();
-    let names: Vec<_> = files
-        .iter()
-        .map(|f| f.path.file_name().unwrap().to_string_lossy().to_string())
-        .collect();
-    assert_eq!(names, ["config.json", "model.safetensors"]);
+    assert_eq!(file_names(&files), CHECKPOINT_FILES);
     let merged = tributary_model::checkpoint::Checkpoint::load(&out).unwrap();
     assert_eq!(merged.config.num_experts, 3);
 

@@ -3,17 +3,15 @@
 //! same key, streams uploads and downloads from and to files, and verifies
 //! receipts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tributary_ledger::event::{
     ConsentGranted, ConsentWithdrawn, ContributorRegistered, ExpertManifest, ExpertSubmitted,
 };
 use tributary_ledger::{
-    ConsentId, ContributorId, Entry, Event, NoteVerifier, PublicKey, Signature, SignatureRole,
-    SubmissionId, Timestamp, entry::statement_message,
+    ConsentId, ContributorId, Entry, Event, NoteVerifier, PublicKey, Sha256Digest, Signature,
+    SignatureRole, SubmissionId, Timestamp, entry::statement_message,
 };
 use tributary_protos::v1;
 use tributary_protos::v1::anchor_service_client::AnchorServiceClient;
@@ -25,6 +23,7 @@ use tributary_protos::v1::version_service_client::VersionServiceClient;
 
 use crate::convert;
 use crate::error::ClientError;
+use crate::files::{self, DownloadedFile, Part};
 use crate::signing::{RequestSigner, SignedMessage};
 use crate::tls::ClientTls;
 
@@ -39,17 +38,6 @@ pub const MAX_DECODING_MESSAGE: usize = 16 * 1024 * 1024;
 pub struct Client {
     channel: Channel,
     signer: Option<RequestSigner>,
-}
-
-/// A file written by a download.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DownloadedFile {
-    /// Where it was written.
-    pub path: PathBuf,
-    /// Its size.
-    pub size: u64,
-    /// Its SHA-256, checked against the server's header.
-    pub sha256: [u8; 32],
 }
 
 impl Client {
@@ -250,8 +238,7 @@ impl Client {
             manifest: manifest.clone(),
         });
         let statement = self.statement(&event)?;
-        let mut file = tokio::fs::File::open(payload).await?;
-        let payload_size = file.metadata().await?.len();
+        let payload_size = tokio::fs::metadata(payload).await?.len();
         let header = self.signed(v1::UploadHeader {
             auth: None,
             submission_id: submission.as_str().to_string(),
@@ -260,39 +247,17 @@ impl Client {
             manifest_signature: Some(convert::signature_to_proto(&statement)),
             payload_size,
         })?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let first = v1::UploadExpertRequest {
             message: Some(v1::upload_expert_request::Message::Header(header)),
         };
-        let reader = tokio::spawn(async move {
-            if tx.send(first).await.is_err() {
-                return Ok(());
-            }
-            let mut buffer = vec![0u8; UPLOAD_CHUNK];
-            loop {
-                let n = file.read(&mut buffer).await?;
-                if n == 0 {
-                    return Ok::<(), std::io::Error>(());
+        let (requests, sender) =
+            files::spawn_sender(first, vec![payload.to_path_buf()], UPLOAD_CHUNK, |c| {
+                v1::UploadExpertRequest {
+                    message: Some(v1::upload_expert_request::Message::Chunk(c)),
                 }
-                let chunk = v1::UploadExpertRequest {
-                    message: Some(v1::upload_expert_request::Message::Chunk(v1::Chunk {
-                        data: buffer[..n].to_vec(),
-                    })),
-                };
-                if tx.send(chunk).await.is_err() {
-                    // The server ended the call; its answer says why.
-                    return Ok(());
-                }
-            }
-        });
-        let answer = self
-            .submissions()
-            .upload_expert(ReceiverStream::new(rx))
-            .await;
-        reader
-            .await
-            .map_err(|e| ClientError::Protocol(format!("upload reader: {e}")))??;
-        Ok(answer?.into_inner())
+            });
+        let answer = self.submissions().upload_expert(requests).await;
+        files::finish_sending(answer, sender).await
     }
 
     /// A submission's status.
@@ -332,67 +297,100 @@ impl Client {
         Ok(self.versions().get_version(request).await?.into_inner())
     }
 
-    /// Downloads a version's checkpoint into `dir`, checking each file's size
-    /// and SHA-256 against its header.
+    /// Downloads a version's checkpoint into `dir` (`config.json`,
+    /// `model.safetensors`, the anchor's tokenizer files), checking each
+    /// file's size and SHA-256 against its header before renaming it into place.
     pub async fn download_version(
         &self,
         version: u64,
         dir: &Path,
     ) -> Result<Vec<DownloadedFile>, ClientError> {
-        use sha2::Digest as _;
-        tokio::fs::create_dir_all(dir).await?;
+        use v1::download_version_response::Message;
         let mut stream = self
             .versions()
             .download_version(v1::DownloadVersionRequest { version })
             .await?
             .into_inner();
-        let mut files = Vec::new();
-        let mut current: Option<(v1::CheckpointFile, tokio::fs::File, sha2::Sha256, u64)> = None;
-        loop {
-            let message = stream.message().await?;
-            let next = message.as_ref().and_then(|m| m.message.clone());
-            if !matches!(next, Some(v1::download_version_response::Message::Chunk(_)))
-                && let Some((header, mut file, hasher, written)) = current.take()
-            {
-                file.flush().await?;
-                let sha256: [u8; 32] = hasher.finalize().into();
-                let expected = convert::digest("file.sha256", header.sha256.as_ref())?;
-                if written != header.size || sha256 != expected.0 {
-                    return Err(ClientError::Protocol(format!(
-                        "{} does not match its header",
-                        header.name
-                    )));
-                }
-                files.push(DownloadedFile {
-                    path: dir.join(&header.name),
-                    size: written,
-                    sha256,
-                });
-            }
-            match next {
-                None => return Ok(files),
-                Some(v1::download_version_response::Message::File(header)) => {
-                    let name = Path::new(&header.name);
-                    if name.components().count() != 1
-                        || name.file_name().is_none_or(|n| n != header.name.as_str())
-                    {
-                        return Err(ClientError::Protocol(format!(
-                            "unsafe file name {:?}",
-                            header.name
-                        )));
-                    }
-                    let file = tokio::fs::File::create(dir.join(&header.name)).await?;
-                    current = Some((header, file, sha2::Sha256::new(), 0));
-                }
-                Some(v1::download_version_response::Message::Chunk(chunk)) => {
-                    let Some((_, file, hasher, written)) = current.as_mut() else {
-                        return Err(ClientError::Protocol("chunk before any file".into()));
-                    };
-                    file.write_all(&chunk.data).await?;
-                    hasher.update(&chunk.data);
-                    *written += chunk.data.len() as u64;
-                }
-            }
+        files::receive(&mut stream, dir, |m| match m.message? {
+            Message::File(f) => Some(Part::File {
+                name: f.name,
+                size: f.size,
+                sha256: f.sha256,
+            }),
+            Message::Chunk(c) => Some(Part::Chunk(c.data)),
+        })
+        .await
+    }
+
+    /// Operator: publishes the anchor checkpoint in `dir` (every regular file
+    /// of it; `config.json`, `model.safetensors` and `tokenizer.json` at
+    /// least), making it current if `make_current`.
+    pub async fn publish_anchor(
+        &self,
+        dir: &Path,
+        make_current: bool,
+    ) -> Result<v1::AnchorInfo, ClientError> {
+        let listed = files::list_dir(dir).await?;
+        let header = self.signed(v1::PublishAnchorHeader {
+            auth: None,
+            files: listed
+                .iter()
+                .map(|f| v1::AnchorFile {
+                    name: f.name.clone(),
+                    size: f.size,
+                    sha256: Some(v1::Digest {
+                        sha256: f.sha256.to_vec(),
+                    }),
+                })
+                .collect(),
+            make_current,
+        })?;
+        let first = v1::PublishAnchorRequest {
+            message: Some(v1::publish_anchor_request::Message::Header(header)),
+        };
+        let paths = listed.into_iter().map(|f| f.path).collect();
+        let (requests, sender) =
+            files::spawn_sender(first, paths, UPLOAD_CHUNK, |c| v1::PublishAnchorRequest {
+                message: Some(v1::publish_anchor_request::Message::Chunk(c)),
+            });
+        let answer = self.anchors().publish_anchor(requests).await;
+        files::finish_sending(answer, sender).await
+    }
+
+    /// Downloads the files of the current anchor (or of the one with
+    /// `digest`) into `dir`, each checked against its size and SHA-256 and
+    /// renamed into place; with a `digest`, also checks that the
+    /// `model.safetensors` received hashes to it.
+    pub async fn fetch_anchor(
+        &self,
+        digest: Option<&Sha256Digest>,
+        dir: &Path,
+    ) -> Result<Vec<DownloadedFile>, ClientError> {
+        use v1::fetch_anchor_response::Message;
+        let request = v1::GetAnchorRequest {
+            digest: digest.map(convert::digest_to_proto),
+        };
+        let mut stream = self.anchors().fetch_anchor(request).await?.into_inner();
+        let received = files::receive(&mut stream, dir, |m| match m.message? {
+            Message::File(f) => Some(Part::File {
+                name: f.name,
+                size: f.size,
+                sha256: f.sha256,
+            }),
+            Message::Chunk(c) => Some(Part::Chunk(c.data)),
+        })
+        .await?;
+        let model = received
+            .iter()
+            .find(|f| f.path.file_name().is_some_and(|n| n == "model.safetensors"));
+        match (digest, model) {
+            (_, None) => Err(ClientError::Protocol(
+                "the anchor has no model.safetensors".into(),
+            )),
+            (Some(d), Some(m)) if m.sha256 != d.0 => Err(ClientError::Protocol(format!(
+                "the anchor's model.safetensors does not hash to {d}"
+            ))),
+            _ => Ok(received),
         }
     }
 

@@ -10,15 +10,18 @@
 //! - [`convert`]: wire messages ↔ ledger domain types.
 //! - [`tls`]: rustls client configuration (CA file, optional mTLS identity).
 //! - [`client`]: [`Client`], typed calls, streaming upload/download, receipts.
+//! - [`files`]: checkpoint directories sent and received file by file.
 //! - [`error`]: [`ClientError`] and reading reason codes from a status.
 
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod files;
 pub mod signing;
 pub mod tls;
 
-pub use client::{Client, DownloadedFile, verify_receipt};
+pub use client::{Client, verify_receipt};
 pub use error::{ClientError, REASON_METADATA_KEY, reason_code};
+pub use files::{DownloadedFile, safe_file_name};
 pub use signing::{AuthError, OPERATOR_KEY_ID, RequestSigner, SignedMessage, verify_request};
 pub use tls::ClientTls;
