@@ -21,10 +21,7 @@ use tributary_model::checkpoint::Checkpoint;
 use tributary_model::names;
 use tributary_model::weights::{HostTensor, TensorMap};
 
-/// The shipped anchor checkpoint directory.
-pub fn anchor_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/anchor")
-}
+pub use crate::servers::anchor_dir;
 
 /// The shipped anchor, loaded once.
 pub fn anchor() -> &'static (Checkpoint, Arc<AnchorReference>) {
