@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result};
 use tokio::task::JoinHandle;
 use tonic::codegen::http;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tributary_client::REASON_METADATA_KEY;
 use tributary_protos::v1::anchor_service_server::AnchorServiceServer;
@@ -186,7 +187,10 @@ pub async fn serve(
                 .await
         })
     });
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic ignores `Server::tcp_nodelay` for a listener passed in: set it
+    // here, or Nagle's algorithm holds the end of each response until the
+    // client's delayed ACK (about 40 ms on Linux) comes back.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let grpc_signal = stopped(stop_rx);
     tracing::info!(%grpc_addr, ?http_addr, tls = config.tls.is_some(), origin = %state.origin, "coordinator serving");
     let task = tokio::spawn(async move {
