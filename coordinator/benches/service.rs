@@ -4,7 +4,8 @@
 //!
 //! 1. a random anchor checkpoint and a random expert of a wide configuration
 //!    (hidden 1024, FFN 2816, as many layers as the requested size needs);
-//!    `sha256sum` of the expert: the ceiling;
+//!    `sha256sum` of the expert: the ceiling (and `openssl dgst -sha256`,
+//!    which uses SHA-NI where coreutils may not);
 //! 2. the expert uploaded to a coordinator serving that anchor (validation,
 //!    blob store, ledger, a published version): MB/s, ratio to `sha256sum`,
 //!    and the process's peak RSS over the upload;
@@ -150,6 +151,12 @@ async fn wide(work: &Path, mib_asked: usize) {
     if let Some(d) = ceiling {
         println!(
             "sha256sum of the expert:  {:8.1} MB/s ({d:.2?})  <- the ceiling",
+            mb_per_s(size, d)
+        );
+    }
+    if let Some(d) = common::openssl_sha256(&expert, &manifest.total.0) {
+        println!(
+            "openssl dgst -sha256:     {:8.1} MB/s ({d:.2?})  <- SHA-256 with SHA-NI",
             mb_per_s(size, d)
         );
     }

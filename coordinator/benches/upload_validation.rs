@@ -11,8 +11,8 @@
 //! 3. planning a version of 64 experts from their headers.
 //!
 //! ```text
-//! cargo bench -p coordinator --bench upload_validation            # 128 MiB
-//! TRIBUTARY_BENCH_EXPERT_MIB=1024 cargo bench -p coordinator --bench upload_validation
+//! cargo bench --workspace --bench upload_validation            # 128 MiB
+//! TRIBUTARY_BENCH_EXPERT_MIB=1024 cargo bench --workspace --bench upload_validation
 //! ```
 //! `TRIBUTARY_BENCH_DIR` chooses where the expert and the store are written
 //! (default: the system temporary directory).

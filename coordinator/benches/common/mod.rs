@@ -209,8 +209,20 @@ pub fn write_anchor(dir: &Path, config: &FlexOlmoConfig, seed: u64) -> (Sha256Di
 /// Runs `sha256sum` on `path` (the ceiling: one SHA-256 pass over the file)
 /// and checks its answer; `None` when it is not available.
 pub fn sha256sum(path: &Path, expected: &Sha256Digest) -> Option<Duration> {
+    hash_with(&["sha256sum"], path, expected)
+}
+
+/// Runs `openssl dgst -sha256 -r` on `path` (SHA-256 with the CPU's SHA
+/// extensions, which coreutils' `sha256sum` may not use); `None` when it is
+/// not available.
+pub fn openssl_sha256(path: &Path, expected: &Sha256Digest) -> Option<Duration> {
+    hash_with(&["openssl", "dgst", "-sha256", "-r"], path, expected)
+}
+
+fn hash_with(command: &[&str], path: &Path, expected: &Sha256Digest) -> Option<Duration> {
     let t = Instant::now();
-    let out = std::process::Command::new("sha256sum")
+    let out = std::process::Command::new(command[0])
+        .args(&command[1..])
         .arg(path)
         .output()
         .ok()?;
