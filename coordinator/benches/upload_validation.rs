@@ -11,124 +11,31 @@
 //! 3. planning a version of 64 experts from their headers.
 //!
 //! ```text
-//! cargo bench -p coordinator --bench upload_validation            # 128 MiB
-//! TRIBUTARY_BENCH_EXPERT_MIB=1024 cargo bench -p coordinator --bench upload_validation
+//! cargo bench --workspace --bench upload_validation            # 128 MiB
+//! TRIBUTARY_BENCH_EXPERT_MIB=1024 cargo bench --workspace --bench upload_validation
 //! ```
 //! `TRIBUTARY_BENCH_DIR` chooses where the expert and the store are written
 //! (default: the system temporary directory).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{AMPLITUDE, CHUNK, mb_per_s, peak_rss_mib};
 use coordinator::assemble::{AssembledCheckpoint, BlobLayout, TensorSlice};
 use coordinator::blobs::BlobStore;
 use coordinator::validate::{
     AnchorReference, ExpectedTensor, UploadValidator, ValidationLimits, ValidationOutcome,
 };
-use sha2::{Digest as _, Sha256};
-use tributary_ledger::event::{ExpertManifest, Figure, TensorDigest, TrainingMetadata};
-use tributary_ledger::{ExpertDigest, Sha256Digest};
+use tributary_ledger::Sha256Digest;
 use tributary_model::FlexOlmoConfig;
 use tributary_model::checkpoint::Checkpoint;
 use tributary_model::expert::expected_expert_shapes;
-
-const HIDDEN: usize = 1024;
-const INTER: usize = 2816;
-/// Values are uniform in ±AMPLITUDE, so a tensor of n values has norm
-/// AMPLITUDE·√(n/3): the reference norms below, making every ratio ≈ 1.
-const AMPLITUDE: f32 = 0.02;
-const CHUNK: usize = 1 << 20;
-
-fn config(layers: usize) -> FlexOlmoConfig {
-    FlexOlmoConfig::new(4096, HIDDEN, INTER, layers, 8, 1, 1, 256)
-}
-
-/// VmHWM (peak resident set) of this process, in MiB.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// A fast deterministic generator (xorshift64*) for the payload's values.
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn next_f32(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40; // 24 bits
-        (bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * AMPLITUDE
-    }
-}
-
-/// Writes the expert's safetensors file, streaming, and returns its manifest.
-fn write_expert(path: &Path, config: &FlexOlmoConfig) -> (ExpertManifest, u64) {
-    let shapes = expected_expert_shapes(config);
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, shape) in &shapes {
-        let len = shape.iter().product::<usize>() * 4;
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
-        );
-        offset += len;
-    }
-    let mut json = serde_json::to_vec(&header).unwrap();
-    json.resize(json.len().next_multiple_of(8), b' ');
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut total = Sha256::new();
-    let put = |file: &mut std::io::BufWriter<std::fs::File>, bytes: &[u8], total: &mut Sha256| {
-        total.update(bytes);
-        file.write_all(bytes).unwrap();
-    };
-    put(&mut file, &(json.len() as u64).to_le_bytes(), &mut total);
-    put(&mut file, &json, &mut total);
-    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
-    let mut tensors = Vec::new();
-    let mut buf = Vec::with_capacity(CHUNK);
-    for (name, shape) in &shapes {
-        let mut left: usize = shape.iter().product();
-        let mut h = Sha256::new();
-        while left > 0 {
-            let n = left.min(CHUNK / 4);
-            buf.clear();
-            for _ in 0..n {
-                buf.extend_from_slice(&rng.next_f32().to_le_bytes());
-            }
-            h.update(&buf);
-            put(&mut file, &buf, &mut total);
-            left -= n;
-        }
-        tensors.push(TensorDigest {
-            name: name.clone(),
-            sha256: Sha256Digest(h.finalize().into()),
-        });
-    }
-    file.flush().unwrap();
-    let size = (8 + json.len() + offset) as u64;
-    let manifest = ExpertManifest {
-        anchor: Sha256Digest::of(b"synthetic anchor"),
-        tensors,
-        total: ExpertDigest(Sha256Digest(total.finalize().into())),
-        training: TrainingMetadata {
-            tokens: 0,
-            steps: 0,
-            held_out_loss: Figure::from_f64(0.0).unwrap(),
-        },
-    };
-    (manifest, size)
-}
 
 fn reference(config: &FlexOlmoConfig) -> AnchorReference {
     let expected = expected_expert_shapes(config)
@@ -178,43 +85,28 @@ fn layout(digest: Sha256Digest, shapes: &[(String, Vec<usize>)]) -> BlobLayout {
     }
 }
 
-fn mb_per_s(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / 1e6 / d.as_secs_f64()
-}
-
 fn main() {
-    let mib: usize = std::env::var("TRIBUTARY_BENCH_EXPERT_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(128);
-    let per_layer = (3 * HIDDEN * INTER + HIDDEN) * 4;
-    let layers = (mib << 20).div_ceil(per_layer).max(1);
-    let config = config(layers);
-    let base = std::env::var_os("TRIBUTARY_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::tempdir_in(base).unwrap();
+    let config = common::wide_config(common::expert_mib(128));
+    let layers = config.num_hidden_layers;
+    let dir = tempfile::tempdir_in(common::bench_base()).unwrap();
     let path = dir.path().join("expert.safetensors");
 
     let t = Instant::now();
-    let (manifest, size) = write_expert(&path, &config);
+    let (manifest, size) =
+        common::write_expert(&path, &config, Sha256Digest::of(b"synthetic anchor"), 0);
     println!(
-        "expert: {layers} layers of hidden {HIDDEN} / FFN {INTER}, {:.1} MiB, written in {:.2?}",
-        size as f64 / (1 << 20) as f64,
+        "expert: {layers} layers of hidden {} / FFN {}, {:.1} MiB, written in {:.2?}",
+        common::HIDDEN,
+        common::INTER,
+        common::mib(size),
         t.elapsed()
     );
     let rss_before = peak_rss_mib();
 
     // 1. The ceiling: sha256sum of the same file.
-    let t = Instant::now();
-    let out = std::process::Command::new("sha256sum").arg(&path).output();
-    let sha256sum = t.elapsed();
-    match &out {
-        Ok(o) if o.status.success() => {
-            let line = String::from_utf8_lossy(&o.stdout);
-            assert!(line.starts_with(&manifest.total.to_string()));
-        }
-        _ => println!("sha256sum is not available; no ceiling"),
+    let sha256sum = common::sha256sum(&path, &manifest.total.0);
+    if sha256sum.is_none() {
+        println!("sha256sum is not available; no ceiling");
     }
 
     // 2. Validation + blob store, chunk by chunk.
@@ -260,7 +152,7 @@ fn main() {
         rss_after,
         rss_before
     );
-    if out.map(|o| o.status.success()).unwrap_or(false) {
+    if let Some(sha256sum) = sha256sum {
         println!(
             "sha256sum:        {:.1} MB/s ({:.2?}); validate + store / sha256sum = {:.2}",
             mb_per_s(size, sha256sum),

@@ -16,7 +16,9 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt as _, TryStreamExt as _};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, GetResultPayload, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart,
+};
 use sha2::{Digest as _, Sha256};
 use tributary_ledger::Sha256Digest;
 
@@ -52,8 +54,8 @@ pub enum BlobError {
     /// The underlying store failed.
     #[error("blob store: {0}")]
     Store(#[from] object_store::Error),
-    /// A local directory could not be created.
-    #[error("blob store directory {path}: {source}")]
+    /// A local directory could not be created, or a local file read.
+    #[error("blob store path {path}: {source}")]
     Io {
         /// The directory.
         path: std::path::PathBuf,
@@ -67,6 +69,42 @@ fn not_found(e: object_store::Error, digest: &Sha256Digest) -> BlobError {
         object_store::Error::NotFound { .. } => BlobError::NotFound(*digest),
         other => BlobError::Store(other),
     }
+}
+
+/// Bytes per read when streaming a range of a local file.
+const FILE_PIECE: u64 = 1 << 20;
+
+/// Streams `range` of a local `file` in [`FILE_PIECE`] reads, each on a
+/// blocking thread.
+fn read_pieces(
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    range: Range<u64>,
+) -> BoxStream<'static, Result<Bytes, BlobError>> {
+    let state = (file, path, range.start, range.end);
+    futures::stream::try_unfold(state, |(file, path, at, end)| async move {
+        if at >= end {
+            return Ok(None);
+        }
+        let len = (end - at).min(FILE_PIECE);
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Seek as _};
+            let mut file = file;
+            let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+            let read = file
+                .seek(std::io::SeekFrom::Start(at))
+                .and_then(|_| file.read_exact(&mut buf));
+            read.map(|()| (file, Bytes::from(buf)))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        match read {
+            Ok((file, bytes)) => Ok(Some((bytes, (file, path, at + len, end)))),
+            Err(source) => Err(BlobError::Io { path, source }),
+        }
+    })
+    .boxed()
 }
 
 /// Blobs addressed by the SHA-256 of their bytes.
@@ -196,7 +234,12 @@ impl BlobStore {
             .get_opts(&self.key(digest), options)
             .await
             .map_err(|e| not_found(e, digest))?;
-        Ok(result.into_stream().map_err(BlobError::from).boxed())
+        Ok(match result.payload {
+            // object_store streams a local file in 8 KiB reads, one blocking
+            // task each: read larger pieces.
+            GetResultPayload::File(file, path) => read_pieces(file, path, result.range),
+            GetResultPayload::Stream(stream) => stream.map_err(BlobError::from).boxed(),
+        })
     }
 
     /// Bytes `range` of a blob in memory (for headers and other small ranges).

@@ -14,10 +14,8 @@ use tributary_ledger::Sha256Digest;
 use tributary_model::checkpoint::Checkpoint;
 use tributary_protos::v1;
 
-use crate::service::{
-    CHECKPOINT_FILES, Options, TestServer, assert_refused, config_for, enrol, file_names,
-    upload_accepted,
-};
+use crate::servers::{Options, TestServer, config_for, enrol};
+use crate::service::{CHECKPOINT_FILES, assert_refused, file_names, upload_accepted};
 use crate::validate::{anchor, anchor_dir};
 
 /// Every regular file of `dir` with its bytes, sorted by name.

@@ -10,6 +10,7 @@
 // Test code: a failed setup step should stop the test with its message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod servers;
 mod support;
 mod tlog_support;
 
@@ -18,6 +19,7 @@ mod assemble;
 mod blobs;
 mod ledger;
 mod records;
+mod replicas;
 mod service;
 mod tiles;
 mod validate;

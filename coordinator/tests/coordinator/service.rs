@@ -2,191 +2,21 @@
 //! `127.0.0.1:0` over real TLS (certificates from `dev-ca`), against a real
 //! Postgres, driven through the `tributary-client` library.
 
-use std::path::Path;
 use std::time::Duration;
 
-use coordinator::config::{GateSettings, ServeConfig, ServerTls};
-use coordinator::devca::{self, DevCa, DevCaArgs};
-use coordinator::server::{self, Running};
-use coordinator::service::Limits;
-use coordinator::validate::QualityGateConfig;
-use ed25519_dalek::SigningKey;
+use coordinator::devca::{self, DevCaArgs};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Code;
 use tributary_client::convert::consent_to_proto;
 use tributary_client::{Client, ClientError, ClientTls, RequestSigner, verify_receipt};
-use tributary_ledger::event::ConsentGranted;
 use tributary_ledger::{
-    Checkpoint, ConsentId, ContributorId, Event, ExpertDigest, NoteVerifier, PublicKey, Purpose,
-    ReplayOptions, Sha256Digest, replay,
+    Checkpoint, ConsentId, ContributorId, Event, ExpertDigest, PublicKey, ReplayOptions,
+    Sha256Digest, replay,
 };
 use tributary_protos::v1;
 
-use crate::support::TestDb;
-
-/// A coordinator started for one test.
-pub(crate) struct TestServer {
-    pub(crate) db: TestDb,
-    pub(crate) dir: tempfile::TempDir,
-    pub(crate) ca: DevCa,
-    pub(crate) running: Running,
-    stop: tokio::sync::oneshot::Sender<()>,
-}
-
-pub(crate) struct Options {
-    pub(crate) mtls: bool,
-    pub(crate) max_message_bytes: usize,
-    pub(crate) max_upload_bytes: u64,
-    pub(crate) max_concurrent_uploads: usize,
-    /// Turns the quality gate on, scoring the public held-out slice.
-    pub(crate) gate: bool,
-    pub(crate) publish_every: Option<Duration>,
-    pub(crate) expiry_check: Duration,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            mtls: false,
-            max_message_bytes: 64 * 1024,
-            max_upload_bytes: Limits::default().max_upload_bytes,
-            max_concurrent_uploads: 4,
-            gate: false,
-            publish_every: None,
-            expiry_check: Duration::from_secs(30),
-        }
-    }
-}
-
-pub(crate) fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeConfig {
-    ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: Some("127.0.0.1:0".parse().unwrap()),
-        database_url: db.url(),
-        blob_dir: dir.join("blobs"),
-        anchor: Some(crate::validate::anchor_dir()),
-        tls: Some(ServerTls {
-            cert: ca.server_cert.clone(),
-            key: ca.server_key.clone(),
-            client_ca: options.mtls.then(|| ca.ca_cert.clone()),
-        }),
-        operator_key: ca.operator_key.clone(),
-        max_message_bytes: options.max_message_bytes,
-        limits: Limits {
-            request_window_ms: 60_000,
-            max_concurrent_uploads: options.max_concurrent_uploads,
-            max_upload_bytes: options.max_upload_bytes,
-            ..Limits::default()
-        },
-        gate: options.gate.then(|| GateSettings {
-            texts: vec![crate::validate::public_heldout()],
-            max_tokens: 1025,
-            config: QualityGateConfig {
-                seq_len: 128,
-                batch_size: 8,
-                ..QualityGateConfig::default()
-            },
-        }),
-        publish_every: options.publish_every,
-        expiry_check: options.expiry_check,
-    }
-}
-
-impl TestServer {
-    pub(crate) async fn start(options: Options) -> TestServer {
-        let db = TestDb::new().await;
-        let dir = tempfile::tempdir().unwrap();
-        let ca = devca::create(&DevCaArgs {
-            out: dir.path().join("pki"),
-            origin: "test.example.org/tributary".into(),
-            extra_names: Vec::new(),
-        })
-        .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = server::serve(config_for(&db, dir.path(), &ca, &options), async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-        TestServer {
-            db,
-            dir,
-            ca,
-            running,
-            stop,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://localhost:{}", self.running.grpc_addr.port())
-    }
-
-    fn tls(&self) -> ClientTls {
-        ClientTls::new(&self.ca.ca_cert)
-    }
-
-    pub(crate) async fn client(&self) -> Client {
-        Client::connect(&self.url(), Some(&self.tls()))
-            .await
-            .unwrap()
-    }
-
-    pub(crate) fn operator(&self) -> RequestSigner {
-        RequestSigner::operator(devca::operator_signing_key(&self.ca.operator_key).unwrap())
-    }
-
-    fn verifiers(&self) -> Vec<NoteVerifier> {
-        let text = std::fs::read_to_string(&self.ca.operator_pub).unwrap();
-        vec![NoteVerifier::from_key_string(text.trim()).unwrap()]
-    }
-
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.db.pool
-    }
-
-    pub(crate) async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(20), self.running.wait())
-            .await
-            .expect("the server stops within 20 s")
-            .expect("the server stops cleanly");
-        drop(self.dir);
-        self.db.drop_db().await;
-    }
-}
-
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-/// Invites and registers contributor `name` with key `n`; returns its client.
-pub(crate) async fn enrol(server: &TestServer, base: &Client, name: &str, n: u8) -> Client {
-    let operator = base.with_signer(server.operator());
-    let id = ContributorId::new(name).unwrap();
-    let invite = operator
-        .create_invite(&id, &format!("{name} org"), &PublicKey::of(&key(n)))
-        .await
-        .unwrap();
-    let me = base.with_signer(RequestSigner::new(name, key(n)));
-    let registered = me.register(&format!("{name} org"), &invite).await.unwrap();
-    let entry = verify_receipt(registered.receipt.as_ref(), &server.verifiers()).unwrap();
-    assert!(matches!(entry.event, Event::ContributorRegistered(_)));
-    me
-}
-
-pub(crate) fn terms(consent: &str, contributor: &str, expert: &[u8]) -> ConsentGranted {
-    ConsentGranted {
-        consent: ConsentId::new(consent).unwrap(),
-        contributor: ContributorId::new(contributor).unwrap(),
-        expert: ExpertDigest(Sha256Digest::of(expert)),
-        purposes: vec![Purpose::new("research").unwrap()],
-        expires_at: None,
-        data_description: "discharge letters".into(),
-        licence: "CC-BY-4.0".into(),
-        jurisdiction: "EU".into(),
-    }
-}
+use crate::servers::{Options, TestServer, consistency_proof, enrol, key, terms};
 
 /// Row counts that a refused request must leave unchanged.
 async fn counts(pool: &PgPool) -> (i64, i64, i64, i64, i64) {
@@ -327,20 +157,8 @@ async fn invite_register_consent_withdraw_over_tls_with_verified_receipts() {
     let verifiers = server.verifiers();
     let newer = Checkpoint::open(&latest.note, &verifiers).unwrap();
     let older = Checkpoint::open(&first_checkpoint.note, &verifiers).unwrap();
-    let proof = alice
-        .ledger()
-        .get_consistency_proof(v1::GetConsistencyProofRequest {
-            old_size: older.size,
-            new_size: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let hashes: Vec<_> = proof
-        .hashes
-        .iter()
-        .map(|h| tributary_ledger::Hash::from_slice(h).unwrap())
-        .collect();
+    // New size 0: up to the latest checkpoint.
+    let hashes = consistency_proof(&alice, older.size, 0).await;
     tributary_ledger::verify_checkpoint_consistency(&older, &newer, &hashes).unwrap();
     let entries: Vec<Vec<u8>> = alice
         .entries(0, 100)

@@ -1,4 +1,5 @@
 //! Shared test helpers: a fresh migrated database per test, and event builders.
+//! (The auditor's tests and the service benchmark include this file too.)
 
 use std::str::FromStr as _;
 

@@ -2,7 +2,6 @@
 //! expert in any chunking, one crafted bad payload per reason code, the
 //! order of the checks, the manifest signature and the quality gate.
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use coordinator::validate::{
@@ -21,10 +20,7 @@ use tributary_model::checkpoint::Checkpoint;
 use tributary_model::names;
 use tributary_model::weights::{HostTensor, TensorMap};
 
-/// The shipped anchor checkpoint directory.
-pub fn anchor_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/anchor")
-}
+pub use crate::servers::anchor_dir;
 
 /// The shipped anchor, loaded once.
 pub fn anchor() -> &'static (Checkpoint, Arc<AnchorReference>) {
@@ -665,14 +661,9 @@ fn the_manifest_signature_is_the_contributors_statement() {
     );
 }
 
-/// The committed public held-out slice (the quality gate's text in tests).
-pub fn public_heldout() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/slices/public/heldout.jsonl")
-}
-
 fn public_tokens() -> Vec<u32> {
     let tok = tributary_corpus::TextTokenizer::load(anchor_dir()).unwrap();
-    let docs = tributary_corpus::read_documents(&[public_heldout()]).unwrap();
+    let docs = tributary_corpus::read_documents(&[crate::servers::public_heldout()]).unwrap();
     let mut stream = tributary_corpus::token_stream(&docs, &tok).unwrap();
     stream.truncate(1025);
     stream
