@@ -21,7 +21,9 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use sqlx::PgPool;
 use tributary_ledger::event::LogCreated;
-use tributary_ledger::{Auditor, Event, NoteSigner, PublicKey, ReplayOptions, SignedEvent};
+use tributary_ledger::{
+    Auditor, Event, NoteSigner, PublicKey, ReplayOptions, Sha256Digest, SignedEvent,
+};
 
 use crate::store::PgLedger;
 
@@ -102,6 +104,8 @@ pub struct AppState {
     pub gate: Option<gate::Gate>,
     /// Whether accepted experts wait for the batch publisher.
     pub batched_publishing: bool,
+    /// SHA-256 of assembled `model.safetensors` files, by version manifest digest.
+    assembled: std::sync::Mutex<std::collections::HashMap<Sha256Digest, Sha256Digest>>,
     /// Where erased experts' weights are deleted.
     pub blobs: Arc<dyn ports::BlobEraser>,
     /// The content-addressed blob store (uploaded experts, the anchor).
@@ -163,6 +167,7 @@ impl AppState {
             metrics: crate::metrics::Metrics::default(),
             gate,
             batched_publishing,
+            assembled: std::sync::Mutex::default(),
             blobs: Arc::new(store.clone()),
             store,
             anchor: std::sync::RwLock::new(anchor),
@@ -211,6 +216,24 @@ impl AppState {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// The SHA-256 of the `model.safetensors` assembled for a version whose
+    /// manifest digest is `checkpoint`, if this process computed it.
+    pub fn assembled_sha(&self, checkpoint: &Sha256Digest) -> Option<Sha256Digest> {
+        self.assembled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(checkpoint)
+            .copied()
+    }
+
+    /// Remembers [`AppState::assembled_sha`].
+    pub fn remember_assembled_sha(&self, checkpoint: Sha256Digest, sha: Sha256Digest) {
+        self.assembled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(checkpoint, sha);
     }
 
     /// Makes `anchor` the one new uploads are validated against.

@@ -208,10 +208,20 @@ impl Versions {
         let assembled = AssembledCheckpoint::from_manifest(&state.store, &config, &manifest)
             .await
             .map_err(ServiceError::internal)?;
-        let model_sha = assembled
-            .sha256(&state.store)
-            .await
-            .map_err(ServiceError::internal)?;
+        // The assembled bytes are a function of the version's manifest
+        // digest: hash them once per process, not on every download.
+        let cached = state.assembled_sha(&row.checkpoint);
+        let model_sha = match cached {
+            Some(sha) => sha,
+            None => {
+                let sha = assembled
+                    .sha256(&state.store)
+                    .await
+                    .map_err(ServiceError::internal)?;
+                state.remember_assembled_sha(row.checkpoint, sha);
+                sha
+            }
+        };
         let config = Bytes::from(assembled.config_json().into_bytes());
         let mut out = vec![
             (

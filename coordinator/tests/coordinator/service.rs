@@ -634,6 +634,16 @@ async fn uploads_are_validated_recorded_and_published_as_versions() {
         .await
         .unwrap();
     assert_eq!(file_names(&files), CHECKPOINT_FILES);
+    // Again (the assembled digest now comes from the server's cache): the same bytes.
+    let again = server.dir.path().join("download-again");
+    alice
+        .download_version(versions[0].version, &again)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        std::fs::read(again.join("model.safetensors")).unwrap()
+    );
     let merged = tributary_model::checkpoint::Checkpoint::load(&out).unwrap();
     assert_eq!(merged.config.num_experts, 3);
 
