@@ -586,10 +586,7 @@ enum Received {
 async fn read_header(
     stream: &mut Streaming<v1::UploadExpertRequest>,
 ) -> ServiceResult<v1::UploadHeader> {
-    let first = stream
-        .message()
-        .await
-        .map_err(|s| ServiceError::invalid("MALFORMED_REQUEST", s.message().to_string()))?;
+    let first = stream.message().await.map_err(stream_error)?;
     match first {
         Some(v1::UploadExpertRequest {
             message: Some(v1::upload_expert_request::Message::Header(header)),
@@ -605,10 +602,7 @@ async fn read_header(
 async fn next_chunk(
     stream: &mut Streaming<v1::UploadExpertRequest>,
 ) -> ServiceResult<Option<Vec<u8>>> {
-    let message = stream
-        .message()
-        .await
-        .map_err(|e| ServiceError::invalid("MALFORMED_REQUEST", e.message().to_string()))?;
+    let message = stream.message().await.map_err(stream_error)?;
     match message {
         None => Ok(None),
         Some(v1::UploadExpertRequest {
@@ -618,6 +612,19 @@ async fn next_chunk(
             "MALFORMED_REQUEST",
             "every message after the header must be a chunk",
         )),
+    }
+}
+
+/// A stream that failed to decode: an oversized message (tonic's own
+/// limit) or a malformed one.
+fn stream_error(status: Status) -> ServiceError {
+    match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted => ServiceError::new(
+            Code::OutOfRange,
+            "MESSAGE_TOO_LARGE",
+            status.message().to_string(),
+        ),
+        _ => ServiceError::invalid("MALFORMED_REQUEST", status.message().to_string()),
     }
 }
 

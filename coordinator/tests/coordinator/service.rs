@@ -884,14 +884,7 @@ async fn uploads_beyond_the_limit_are_refused_until_a_slot_frees() {
 
     // The first upload completes; the slot frees and the second goes through.
     for chunk in payload.chunks(64 * 1024) {
-        sender
-            .send(v1::UploadExpertRequest {
-                message: Some(v1::upload_expert_request::Message::Chunk(v1::Chunk {
-                    data: chunk.to_vec(),
-                })),
-            })
-            .await
-            .unwrap();
+        sender.send(chunk_message(chunk)).await.unwrap();
     }
     drop(sender);
     let status = call.await.unwrap().unwrap().into_inner();
@@ -1082,14 +1075,7 @@ async fn shutdown_lets_an_upload_in_flight_finish() {
     stop.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for chunk in payload.chunks(64 * 1024) {
-        sender
-            .send(v1::UploadExpertRequest {
-                message: Some(v1::upload_expert_request::Message::Chunk(v1::Chunk {
-                    data: chunk.to_vec(),
-                })),
-            })
-            .await
-            .unwrap();
+        sender.send(chunk_message(chunk)).await.unwrap();
     }
     drop(sender);
     let status = call.await.unwrap().unwrap().into_inner();
@@ -1105,4 +1091,131 @@ async fn shutdown_lets_an_upload_in_flight_finish() {
     assert_eq!(published, 1);
     drop(dir);
     db.drop_db().await;
+}
+
+fn chunk_message(data: &[u8]) -> v1::UploadExpertRequest {
+    v1::UploadExpertRequest {
+        message: Some(v1::upload_expert_request::Message::Chunk(v1::Chunk {
+            data: data.to_vec(),
+        })),
+    }
+}
+
+#[tokio::test]
+async fn bad_payloads_are_rejected_through_the_service_and_leave_no_blob() {
+    use crate::validate::{craft, expert_tensors, good_upload, manifest, raw_entries};
+    use coordinator::blobs::BlobStore;
+    use tributary_model::names;
+    use tributary_model::weights::HostTensor;
+
+    let server = TestServer::start(Options {
+        max_message_bytes: 1 << 20,
+        ..Options::default()
+    })
+    .await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 46).await;
+    let store = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
+
+    let mut extra = expert_tensors(71);
+    extra.insert(
+        "model.layers.0.mlp.secret.weight",
+        HostTensor::new(vec![4], vec![1.0; 4]).unwrap(),
+    );
+    let mut reshaped = raw_entries(&expert_tensors(72));
+    let down = names::package_ffn(1, "down_proj");
+    reshaped
+        .iter_mut()
+        .find(|e| e.name == down)
+        .unwrap()
+        .shape
+        .reverse();
+    let mut loud = expert_tensors(73);
+    let gate = names::package_ffn(2, "gate_proj");
+    let t = loud.take(&gate).unwrap();
+    let data = t.data.iter().map(|v| v * 1000.0).collect();
+    loud.insert(gate, HostTensor::new(t.shape.clone(), data).unwrap());
+    let crafted = |entries| {
+        let (payload, digests) = craft(entries, &[]);
+        let m = manifest(&payload, digests);
+        (payload, m)
+    };
+    let cases = [
+        ("extra", crafted(&raw_entries(&extra)), "UNEXPECTED_TENSOR"),
+        ("shape", crafted(&reshaped), "WRONG_SHAPE"),
+        ("norm", crafted(&raw_entries(&loud)), "NORM_OUT_OF_BOUNDS"),
+        (
+            "trailing",
+            {
+                let (payload, digests) = craft(&raw_entries(&expert_tensors(74)), b"junk");
+                let m = manifest(&payload, digests);
+                (payload, m)
+            },
+            "EXTRA_BYTES",
+        ),
+    ];
+    for (name, (payload, m), reason) in &cases {
+        consent_for(&alice, &format!("c-{name}"), m, None).await;
+        let status = upload(&server, &alice, &format!("s-{name}"), payload, m).await;
+        assert_eq!(status.state, v1::SubmissionState::Rejected as i32, "{name}");
+        assert_eq!(&status.reason_code, reason, "{name}: {status:?}");
+        let last = status.results.last().unwrap();
+        assert!(!last.passed && last.reason_code == *reason, "{name}");
+        assert!(!store.exists(&m.total.0).await.unwrap(), "{name}: no blob");
+    }
+
+    // A stream that ends before its declared size: TRUNCATED, recorded, no blob.
+    let (payload, m) = good_upload(75);
+    consent_for(&alice, "c-short", &m, None).await;
+    let (sender, call) = open_upload(&alice, "s-short", &m, payload.len() as u64).await;
+    for chunk in payload[..payload.len() / 2].chunks(64 * 1024) {
+        sender.send(chunk_message(chunk)).await.unwrap();
+    }
+    drop(sender);
+    let status = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(status.reason_code, "TRUNCATED", "{status:?}");
+    assert!(!store.exists(&m.total.0).await.unwrap());
+
+    // A chunk over the message limit: refused with its reason, nothing recorded.
+    let before = counts(server.pool()).await;
+    let (payload, m) = good_upload(76);
+    let (sender, call) = open_upload(&alice, "s-huge", &m, payload.len() as u64).await;
+    sender.send(chunk_message(&payload)).await.unwrap();
+    drop(sender);
+    let refused = call.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert_eq!(
+        tributary_client::reason_code(&refused),
+        Some("MESSAGE_TOO_LARGE")
+    );
+    assert_eq!(counts(server.pool()).await.0, before.0, "no ledger entry");
+
+    // A chunk before any header: refused, nothing recorded.
+    let before = counts(server.pool()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(chunk_message(&[0; 8])).await.unwrap();
+    drop(tx);
+    let refused = alice
+        .submissions()
+        .upload_expert(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        tributary_client::reason_code(&refused),
+        Some("MALFORMED_REQUEST")
+    );
+    assert_eq!(counts(server.pool()).await, before);
+
+    assert!(store.staging_objects().await.unwrap().is_empty());
+    assert!(
+        alice
+            .list_versions("research", true)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no version lists a rejected expert"
+    );
+    audited_entries(&alice).await;
+    server.stop().await;
 }
