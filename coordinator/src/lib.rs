@@ -13,6 +13,7 @@
 //! - [`http`]: the read-only HTTP side (tlog-tiles, metrics).
 //! - [`config`]: `coordinator serve` flags, environment and config file.
 //! - [`devca`]: `coordinator dev-ca`, development certificates and operator key.
+//! - [`invite`]: `coordinator invite`, an invite file for a contributor's key.
 
 pub mod anchor;
 pub mod assemble;
@@ -20,6 +21,7 @@ pub mod blobs;
 pub mod config;
 pub mod devca;
 pub mod http;
+pub mod invite;
 pub mod server;
 pub mod service;
 pub mod store;

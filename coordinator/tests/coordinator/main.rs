@@ -13,6 +13,7 @@
 mod support;
 mod tlog_support;
 
+mod agent;
 mod assemble;
 mod blobs;
 mod ledger;

@@ -24,18 +24,18 @@ use tributary_protos::v1;
 
 use crate::support::TestDb;
 
-/// A coordinator started for one test.
-struct TestServer {
+/// A coordinator started for one test (also used by the agent's tests).
+pub(crate) struct TestServer {
     db: TestDb,
-    dir: tempfile::TempDir,
-    ca: DevCa,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) ca: DevCa,
     running: Running,
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
-struct Options {
-    mtls: bool,
-    max_message_bytes: usize,
+pub(crate) struct Options {
+    pub(crate) mtls: bool,
+    pub(crate) max_message_bytes: usize,
 }
 
 impl Default for Options {
@@ -69,7 +69,7 @@ fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeCo
 }
 
 impl TestServer {
-    async fn start(options: Options) -> TestServer {
+    pub(crate) async fn start(options: Options) -> TestServer {
         let db = TestDb::new().await;
         let dir = tempfile::tempdir().unwrap();
         let ca = devca::create(&DevCaArgs {
@@ -93,7 +93,7 @@ impl TestServer {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://localhost:{}", self.running.grpc_addr.port())
     }
 
@@ -120,7 +120,7 @@ impl TestServer {
         &self.db.pool
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(20), self.running.wait())
             .await
