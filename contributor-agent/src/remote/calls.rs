@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail, ensure};
 use tributary_client::{Client, DownloadedFile, Invite};
 use tributary_ledger::event::ConsentGranted;
 use tributary_ledger::{
-    ConsentId, ContributorId, Entry, ExpertDigest, PublicKey, Purpose, SubmissionId, Timestamp,
+    ConsentId, ContributorId, Entry, Event, ExpertDigest, PublicKey, Purpose, SubmissionId,
+    Timestamp,
 };
 use tributary_protos::v1;
 
@@ -309,8 +310,43 @@ async fn receipt_for(
     })
 }
 
-/// Every ledger entry about the contributor, each with a receipt verified
-/// against the operator's key (which the session must have).
+/// The entries at `indices` (those the checkpoint covers), each with a
+/// receipt verified against the session's operator key.
+async fn verified_entries(
+    s: &Session,
+    indices: &[u64],
+    checkpoint: &v1::SignedCheckpoint,
+) -> Result<Vec<Entry>> {
+    let mut entries = Vec::with_capacity(indices.len());
+    for &index in indices.iter().filter(|&&i| i < checkpoint.size) {
+        let receipt = receipt_for(&s.client, index, checkpoint).await?;
+        let entry = s
+            .check(Some(&receipt))?
+            .with_context(|| format!("no receipt for entry {index}"))?;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// The experts the contributor consented to or submitted in `entries`.
+fn experts_in(entries: &[Entry]) -> Vec<ExpertDigest> {
+    let mut experts: Vec<ExpertDigest> = entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ConsentGranted(c) => Some(c.expert),
+            Event::ExpertSubmitted(x) => Some(x.manifest.total),
+            _ => None,
+        })
+        .collect();
+    experts.sort();
+    experts.dedup();
+    experts
+}
+
+/// Every ledger entry about the contributor and about its experts (the
+/// coordinator's decisions, the versions listing them, their erasure), each
+/// with a receipt verified against the operator's key (which the session
+/// must have), in ledger order.
 pub async fn receipts(s: &Session) -> Result<Vec<Entry>> {
     ensure!(
         !s.verifiers.is_empty(),
@@ -322,14 +358,20 @@ pub async fn receipts(s: &Session) -> Result<Vec<Entry>> {
         .await
         .map_err(failed("ledger lookup"))?;
     let checkpoint = s.client.checkpoint().await.map_err(failed("checkpoint"))?;
-    let mut entries = Vec::with_capacity(indices.len());
-    for index in indices {
-        let receipt = receipt_for(&s.client, index, &checkpoint).await?;
-        let entry = s
-            .check(Some(&receipt))?
-            .with_context(|| format!("no receipt for entry {index}"))?;
-        entries.push(entry);
+    let mut entries = verified_entries(s, &indices, &checkpoint).await?;
+    let mut more = Vec::new();
+    for expert in experts_in(&entries) {
+        let about = s
+            .client
+            .lookup_expert(&expert)
+            .await
+            .map_err(failed("ledger lookup"))?;
+        more.extend(about.into_iter().filter(|i| !indices.contains(i)));
     }
+    more.sort_unstable();
+    more.dedup();
+    entries.extend(verified_entries(s, &more, &checkpoint).await?);
+    entries.sort_by_key(|e| e.index.0);
     Ok(entries)
 }
 

@@ -101,7 +101,7 @@ fn research_terms(expert: &Path) -> Terms {
     }
 }
 
-async fn register(server: &TestServer, s: &Session, invite_file: &str) {
+async fn register(s: &Session, invite_file: &str) {
     let invite = calls::read_invite(invite_file).unwrap();
     let wrong = calls::register(s, &invite, Some("another org")).await;
     assert!(wrong.unwrap_err().to_string().contains("organisation"));
@@ -111,7 +111,6 @@ async fn register(server: &TestServer, s: &Session, invite_file: &str) {
     let text = report::registered(&registered, true);
     assert!(text.contains("registered alice (alice clinic)"), "{text}");
     assert!(text.contains("(verified)"), "{text}");
-    let _ = server;
 }
 
 /// Consent, upload and follow the expert into version 1; returns the consent id.
@@ -152,15 +151,11 @@ async fn contribute(s: &Session, client: &Client, expert: &Path) -> String {
 
 #[tokio::test]
 async fn the_agent_registers_consents_uploads_downloads_withdraws_and_verifies_receipts() {
-    let server = TestServer::start(Options {
-        max_message_bytes: 1 << 20,
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::start(Options::for_uploads()).await;
     let client = calls_client(&server).await;
     let (key, invite_file) = keygen_and_invite(&server, "alice").await;
     let s = session_for(&server, &key, &server.ca.operator_pub).await;
-    register(&server, &s, &invite_file).await;
+    register(&s, &invite_file).await;
 
     // An error names the gRPC status and the coordinator's reason code.
     let refused = calls::withdraw(&s, "no-such-consent")
@@ -201,10 +196,13 @@ async fn the_agent_registers_consents_uploads_downloads_withdraws_and_verifies_r
         "ContributorRegistered",
         "ConsentGranted",
         "ExpertSubmitted",
+        "ExpertAccepted",
         "ConsentWithdrawn",
+        "ExpertErased",
     ] {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
+    assert!(entries.windows(2).all(|w| w[0].index < w[1].index));
     let text = report::receipts(&entries);
     assert!(text.contains(&package.digest()[..16]), "{text}");
 
