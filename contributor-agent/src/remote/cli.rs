@@ -135,8 +135,10 @@ pub enum RemoteCommand {
         #[arg(long)]
         tokenizer_from: Option<PathBuf>,
     },
-    /// Every ledger entry about you, each with a receipt (inclusion proof in
-    /// the latest operator-signed checkpoint) verified against `--operator-key`.
+    /// Every ledger entry about you and your experts (their acceptance, the
+    /// versions listing them, their erasure), each with a receipt (inclusion
+    /// proof in the latest operator-signed checkpoint) verified against
+    /// `--operator-key`.
     Receipts {
         /// Coordinator, key and operator key (required here).
         #[command(flatten)]
