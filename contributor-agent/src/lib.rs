@@ -5,9 +5,12 @@
 //! - [`assemble`]: building the model a command runs (merge in memory, expert subsets).
 //! - [`text`]: reading the owner's files into token streams.
 //! - [`progress`]: progress bars.
+//! - [`remote`]: the coordinator: keys, register, consent, upload, status,
+//!   versions, download, receipts.
 
 pub mod assemble;
 pub mod commands;
 pub mod experiment;
 pub mod progress;
+pub mod remote;
 pub mod text;

@@ -1,14 +1,17 @@
 //! `contributor-agent`: the data owner's command-line tool.
 //!
 //! Runs beside the organisation's private text: trains an expert against the
-//! public anchor, evaluates it, and merges experts into `flex_olmo` checkpoints.
-//! Only the expert's weights ever leave the machine.
+//! public anchor, evaluates it, and merges experts into `flex_olmo` checkpoints;
+//! talks to the coordinator: registers, grants and withdraws consent, uploads,
+//! follows versions and verifies receipts. Only the expert's weights ever
+//! leave the machine.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use contributor_agent::commands::{self, EvaluateArgs, MergeArgs, SoupArgs, TrainArgs};
 use contributor_agent::experiment::{self, ExperimentArgs};
+use contributor_agent::remote::cli::{self as remote, RemoteCommand};
 
 /// Train, evaluate and merge FlexOlmo experts next to your own data.
 #[derive(Parser, Debug)]
@@ -30,6 +33,10 @@ enum Command {
     Soup(SoupArgs),
     /// Reproduce the FlexOlmo comparison on a set of domains (anchor, experts, merge, opt-out, soup).
     Experiment(ExperimentArgs),
+    /// Talk to a coordinator (every one of these takes `--url` and `--ca`, or
+    /// TRIBUTARY_URL and TRIBUTARY_CA; signed ones `--key` or TRIBUTARY_KEY).
+    #[command(flatten)]
+    Remote(RemoteCommand),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +47,6 @@ fn main() -> Result<()> {
         Command::Evaluate(a) => commands::evaluate_cmd(&a),
         Command::Soup(a) => commands::soup_cmd(&a),
         Command::Experiment(a) => experiment::run(&a),
+        Command::Remote(c) => remote::run(c),
     }
 }

@@ -15,6 +15,7 @@
 //! - [`metrics`]: Prometheus counters and histograms, and the gRPC timing layer.
 //! - [`config`]: `coordinator serve` flags, environment and config file.
 //! - [`devca`]: `coordinator dev-ca`, development certificates and operator key.
+//! - [`invite`]: `coordinator invite`, an invite file for a contributor's key.
 
 pub mod anchor;
 pub mod anchor_store;
@@ -23,6 +24,7 @@ pub mod blobs;
 pub mod config;
 pub mod devca;
 pub mod http;
+pub mod invite;
 pub mod metrics;
 pub mod server;
 pub mod service;

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use coordinator::{anchor, config, devca, server, store};
+use coordinator::{anchor, config, devca, invite, server, store};
 
 /// The Tributary operator's tool.
 #[derive(Parser, Debug)]
@@ -34,6 +34,10 @@ enum Command {
     /// Create a development CA, a server certificate for localhost and
     /// 127.0.0.1, a client certificate (mTLS) and the operator's key.
     DevCa(devca::DevCaArgs),
+    /// Invite a contributor: the coordinator signs an invite for its id,
+    /// organisation and public key, written to a file the contributor passes
+    /// to `contributor-agent register`.
+    Invite(invite::InviteArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,6 +82,17 @@ fn main() -> Result<()> {
                 "operator key:        {} (verifier {})",
                 out.operator_key.display(),
                 out.operator_pub.display()
+            );
+            Ok(())
+        }
+        Command::Invite(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let invite = runtime.block_on(invite::issue(&args))?;
+            println!(
+                "invited {} ({}); give {} to the contributor",
+                invite.contributor_id,
+                invite.organisation,
+                args.out.display()
             );
             Ok(())
         }

@@ -14,6 +14,7 @@ mod servers;
 mod support;
 mod tlog_support;
 
+mod agent;
 mod anchor;
 mod assemble;
 mod blobs;

@@ -67,6 +67,16 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Room for upload chunks (256 KiB) in one message.
+    pub fn for_uploads() -> Self {
+        Self {
+            max_message_bytes: 1 << 20,
+            ..Self::default()
+        }
+    }
+}
+
 /// The committed public held-out slice (the quality gate's text in tests).
 pub fn public_heldout() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/slices/public/heldout.jsonl")

@@ -557,11 +557,7 @@ async fn uploads_are_validated_recorded_and_published_as_versions() {
     use crate::validate::{craft, expert_tensors, good_upload, manifest, raw_entries};
     use coordinator::blobs::BlobStore;
 
-    let server = TestServer::start(Options {
-        max_message_bytes: 1 << 20,
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::start(Options::for_uploads()).await;
     let base = server.client().await;
     let alice = enrol(&server, &base, "alice", 31).await;
     let store = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();

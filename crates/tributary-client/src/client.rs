@@ -10,8 +10,8 @@ use tributary_ledger::event::{
     ConsentGranted, ConsentWithdrawn, ContributorRegistered, ExpertManifest, ExpertSubmitted,
 };
 use tributary_ledger::{
-    ConsentId, ContributorId, Entry, Event, NoteVerifier, PublicKey, Sha256Digest, Signature,
-    SignatureRole, SubmissionId, Timestamp, entry::statement_message,
+    ConsentId, ContributorId, Entry, Event, ExpertDigest, NoteVerifier, PublicKey, Sha256Digest,
+    Signature, SignatureRole, SubmissionId, Timestamp, entry::statement_message,
 };
 use tributary_protos::v1;
 use tributary_protos::v1::anchor_service_client::AnchorServiceClient;
@@ -419,6 +419,17 @@ impl Client {
             key: Some(v1::lookup_request::Key::ContributorId(
                 id.as_str().to_string(),
             )),
+        };
+        Ok(self.ledger().lookup(request).await?.into_inner().indices)
+    }
+
+    /// Indices of the entries about an expert (consents, submissions,
+    /// decisions, versions listing it, its erasure).
+    pub async fn lookup_expert(&self, expert: &ExpertDigest) -> Result<Vec<u64>, ClientError> {
+        let request = v1::LookupRequest {
+            key: Some(v1::lookup_request::Key::Expert(convert::digest_to_proto(
+                &expert.0,
+            ))),
         };
         Ok(self.ledger().lookup(request).await?.into_inner().indices)
     }

@@ -36,6 +36,9 @@ pub enum ClientError {
     /// The server's answer is inconsistent.
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The client's settings cannot work (e.g. https without a CA).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl ClientError {
@@ -44,6 +47,21 @@ impl ClientError {
         match self {
             ClientError::Status(status) => reason_code(status),
             _ => None,
+        }
+    }
+
+    /// A one-line explanation for a person: for a refused call, the gRPC
+    /// status, the coordinator's reason code and its message.
+    pub fn explain(&self) -> String {
+        match self {
+            ClientError::Status(status) => format!(
+                "the coordinator answered gRPC status {:?} ({}), reason code {}: {}",
+                status.code(),
+                status.code().description(),
+                reason_code(status).unwrap_or("(none)"),
+                status.message()
+            ),
+            other => other.to_string(),
         }
     }
 

@@ -12,16 +12,22 @@
 //! - [`client`]: [`Client`], typed calls, streaming upload/download, receipts.
 //! - [`files`]: checkpoint directories sent and received file by file.
 //! - [`error`]: [`ClientError`] and reading reason codes from a status.
+//! - [`connect`]: [`ConnectArgs`], the command-line flags that reach a coordinator.
+//! - [`invite`]: [`Invite`], the file an operator hands a future contributor.
 
 pub mod client;
+pub mod connect;
 pub mod convert;
 pub mod error;
 pub mod files;
+pub mod invite;
 pub mod signing;
 pub mod tls;
 
 pub use client::{Client, verify_receipt};
+pub use connect::ConnectArgs;
 pub use error::{ClientError, REASON_METADATA_KEY, reason_code};
 pub use files::{DownloadedFile, safe_file_name};
+pub use invite::{Invite, parse_public_key};
 pub use signing::{AuthError, OPERATOR_KEY_ID, RequestSigner, SignedMessage, verify_request};
 pub use tls::ClientTls;
