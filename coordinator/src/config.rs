@@ -33,6 +33,12 @@ pub struct ServeArgs {
     /// Directory of the content-addressed blob store [default: ./blobs].
     #[arg(long, env = "TRIBUTARY_BLOB_DIR")]
     pub blob_dir: Option<PathBuf>,
+    /// Blob store as an object_store URL instead of a directory, e.g.
+    /// `s3://bucket/prefix` (S3 needs the coordinator built with the `aws`
+    /// feature; region, endpoint and credentials come from the `AWS_*`
+    /// environment variables) or `file:///srv/blobs`. Wins over --blob-dir.
+    #[arg(long, env = "TRIBUTARY_BLOB_URL")]
+    pub blob_url: Option<String>,
     /// Anchor checkpoint directory uploads are validated against (its
     /// `model.safetensors` is stored as a blob and recorded as the current anchor).
     #[arg(long, env = "TRIBUTARY_ANCHOR")]
@@ -134,6 +140,8 @@ pub struct ServeConfig {
     pub database_url: String,
     /// Blob directory.
     pub blob_dir: PathBuf,
+    /// Blob store URL (wins over `blob_dir`).
+    pub blob_url: Option<String>,
     /// Anchor checkpoint directory; without it uploads are refused.
     pub anchor: Option<PathBuf>,
     /// TLS, `None` only with `--insecure-plaintext`.
@@ -238,6 +246,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             http_listen: self.http_listen.or(file.http_listen),
             database_url,
+            blob_url: self.blob_url.or(file.blob_url),
             blob_dir: self
                 .blob_dir
                 .or(file.blob_dir)

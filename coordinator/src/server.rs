@@ -70,8 +70,17 @@ pub async fn serve(
         .context("applying the migrations")?;
     let signer = devca::read_operator_key(&config.operator_key)?;
     let operator = devca::operator_signing_key(&config.operator_key)?;
-    let blobs = BlobStore::open_local(&config.blob_dir)
-        .with_context(|| format!("opening the blob store {}", config.blob_dir.display()))?;
+    let blobs = match &config.blob_url {
+        Some(url) => {
+            let options = std::env::vars()
+                .filter(|(k, _)| k.starts_with("AWS_"))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v));
+            BlobStore::from_url(url, options)
+                .with_context(|| format!("opening the blob store {url}"))?
+        }
+        None => BlobStore::open_local(&config.blob_dir)
+            .with_context(|| format!("opening the blob store {}", config.blob_dir.display()))?,
+    };
     let anchor = match &config.anchor {
         Some(dir) => Some(install_anchor(&pool, &blobs, dir).await?),
         None => None,

@@ -49,6 +49,8 @@ pub struct Options {
     pub publish_every: Option<Duration>,
     /// Interval of the consent expiry check.
     pub expiry_check: Duration,
+    /// A blob store URL instead of the server directory's `blobs/`.
+    pub blob_url: Option<String>,
 }
 
 impl Default for Options {
@@ -63,6 +65,7 @@ impl Default for Options {
             gate: false,
             publish_every: None,
             expiry_check: Duration::from_secs(30),
+            blob_url: None,
         }
     }
 }
@@ -89,6 +92,7 @@ pub fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> Ser
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
         database_url: db.url(),
         blob_dir: dir.join("blobs"),
+        blob_url: options.blob_url.clone(),
         anchor: Some(options.anchor.clone()),
         tls: Some(ServerTls {
             cert: ca.server_cert.clone(),

@@ -1215,3 +1215,31 @@ async fn bad_payloads_are_rejected_through_the_service_and_leave_no_blob() {
     audited_entries(&alice).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_blob_store_given_by_url_holds_the_uploads() {
+    use crate::validate::good_upload;
+    use coordinator::blobs::BlobStore;
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Options {
+        blob_url: Some(format!("file://{}", elsewhere.path().display())),
+        ..Options::for_uploads()
+    })
+    .await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 47).await;
+    let (payload, m) = good_upload(81);
+    consent_for(&alice, "c-url", &m, None).await;
+    assert!(accepted(
+        &upload(&server, &alice, "s-url", &payload, &m).await
+    ));
+    let by_url = BlobStore::open_local(elsewhere.path()).unwrap();
+    assert!(by_url.exists(&m.total.0).await.unwrap());
+    let by_dir = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
+    assert!(
+        !by_dir.exists(&m.total.0).await.unwrap(),
+        "--blob-dir unused"
+    );
+    server.stop().await;
+}
