@@ -57,6 +57,11 @@ pub struct TrainingArgs {
     /// Learning-rate multiplier of the router row (0 keeps the calibrated row fixed).
     #[arg(long, default_value_t = 1.0)]
     pub router_lr_scale: f64,
+    /// Logit margin by which public calibration text must prefer the public
+    /// expert (0: the decision boundary itself); larger values send fewer
+    /// public tokens to this expert, at some cost on the contributor's own text.
+    #[arg(long, default_value_t = 0.0)]
+    pub router_margin: f64,
     /// Train without router calibration (the row then starts as the mean router
     /// input of the contributor's data; experts trained so merge badly).
     #[arg(long, conflicts_with = "calibration_text")]
@@ -75,6 +80,7 @@ impl TrainingArgs {
             eval_every,
             router_calibration_weight: self.router_calibration,
             router_lr_scale: self.router_lr_scale,
+            router_margin: self.router_margin,
             ..TrainOptions::default()
         }
     }
@@ -398,4 +404,29 @@ pub fn evaluate_cmd(a: &EvaluateArgs) -> Result<()> {
         println!("  layer {l}: {}", cells.join("  "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::TrainingArgs;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        training: TrainingArgs,
+    }
+
+    #[test]
+    fn router_flags_reach_the_training_options() {
+        let parsed =
+            Wrapper::try_parse_from(["x", "--router-margin", "2.5", "--router-lr-scale", "0"])
+                .expect("the flags parse");
+        let options = parsed.training.to_options(0);
+        assert_eq!(options.router_margin, 2.5);
+        assert_eq!(options.router_lr_scale, 0.0);
+        let defaults = Wrapper::try_parse_from(["x"]).expect("no flags parse");
+        assert_eq!(defaults.training.to_options(0).router_margin, 0.0);
+    }
 }
