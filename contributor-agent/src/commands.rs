@@ -62,6 +62,11 @@ pub struct TrainingArgs {
     /// public tokens to this expert, at some cost on the contributor's own text.
     #[arg(long, default_value_t = 0.0)]
     pub router_margin: f64,
+    /// Weight of a language-modelling loss on the public calibration text,
+    /// computed through the two-expert model (a quarter batch per step), so
+    /// that the expert learns not to harm public text (0: own text only).
+    #[arg(long, default_value_t = 0.0)]
+    pub public_loss: f64,
     /// Train without router calibration (the row then starts as the mean router
     /// input of the contributor's data; experts trained so merge badly).
     #[arg(long, conflicts_with = "calibration_text")]
@@ -81,6 +86,7 @@ impl TrainingArgs {
             router_calibration_weight: self.router_calibration,
             router_lr_scale: self.router_lr_scale,
             router_margin: self.router_margin,
+            public_loss_weight: self.public_loss,
             ..TrainOptions::default()
         }
     }
@@ -420,12 +426,20 @@ mod tests {
 
     #[test]
     fn router_flags_reach_the_training_options() {
-        let parsed =
-            Wrapper::try_parse_from(["x", "--router-margin", "2.5", "--router-lr-scale", "0"])
-                .expect("the flags parse");
+        let parsed = Wrapper::try_parse_from([
+            "x",
+            "--router-margin",
+            "2.5",
+            "--router-lr-scale",
+            "0",
+            "--public-loss",
+            "0.5",
+        ])
+        .expect("the flags parse");
         let options = parsed.training.to_options(0);
         assert_eq!(options.router_margin, 2.5);
         assert_eq!(options.router_lr_scale, 0.0);
+        assert_eq!(options.public_loss_weight, 0.5);
         let defaults = Wrapper::try_parse_from(["x"]).expect("no flags parse");
         assert_eq!(defaults.training.to_options(0).router_margin, 0.0);
     }

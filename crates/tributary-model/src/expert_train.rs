@@ -28,11 +28,15 @@ use crate::expert::{ExpertPackage, TrainingMetadata};
 use crate::model::{Ffn, FlexOlmo, Trace, to_host, to_host_transposed};
 use crate::names;
 use crate::objective::{
-    StepInfo, TrainOptions, heldout_loss, lm_loss_traced, sample_batch, z_loss,
+    StepInfo, TrainOptions, heldout_loss, lm_loss, lm_loss_traced, sample_batch, z_loss,
 };
 use crate::optim::{AdamW, AdamWConfig, Param, schedule};
 use crate::router::{CalibrationSet, fit_offsets, positive_share, router_features};
 use crate::weights::{HostTensor, TensorMap};
+
+/// Mixed into the seed of the public-text batches, so they are sampled apart
+/// from the contributor's.
+const PUBLIC_SEED: u64 = 0x7075_626c_6963;
 
 /// Mean router input of every layer of `model` over up to `max_tokens` of `stream`.
 pub fn mean_router_inputs(
@@ -215,6 +219,15 @@ pub fn train_expert(
             Some(z) => ce + z.mul_scalar(opts.z_loss_weight),
             None => ce,
         };
+        if opts.public_loss_weight > 0.0
+            && let Some(public) = public
+        {
+            // A quarter batch of public text, from its own sample stream.
+            let rows = (opts.batch_size / 4).max(1);
+            let windows = sample_batch(public, seq_len, rows, opts.seed ^ PUBLIC_SEED, step)?;
+            let (public_ce, _) = lm_loss(&model, &windows, rows, false)?;
+            total = total + public_ce.mul_scalar(opts.public_loss_weight);
+        }
         if calibrating && let Some((set, _, _)) = &calibration {
             let offsets: Vec<Tensor<2>> = (0..base.layers.len())
                 .map(|l| ps.layer(l)[2].value.clone() - r_pub_dev[l].clone())

@@ -44,6 +44,10 @@ pub struct TrainOptions {
     /// Expert training: learning-rate multiplier of the router row `r_i`
     /// (0 keeps the calibrated initial row).
     pub router_lr_scale: f64,
+    /// Expert training: weight of a language-modelling loss on the public
+    /// calibration text, through the two-expert model (0: the contributor's
+    /// text only, as in FlexOlmo). Teaches the expert not to harm public text.
+    pub public_loss_weight: f64,
 }
 
 impl Default for TrainOptions {
@@ -64,6 +68,7 @@ impl Default for TrainOptions {
             calibration_tokens: 16_384,
             router_margin: 0.0,
             router_lr_scale: 1.0,
+            public_loss_weight: 0.0,
         }
     }
 }

@@ -403,3 +403,39 @@ fn bad_inputs_are_errors_not_panics() {
     broken.0.remove(names::NORM);
     assert!(FlexOlmo::from_tensors(&anchor.config, &broken, &device()).is_err());
 }
+
+#[test]
+fn a_public_loss_keeps_the_expert_from_harming_public_text() {
+    let (anchor, digest) = anchor_with_router();
+    let data = stream(2_000, 3);
+    let public = stream(2_000, 1);
+    let public_heldout = stream(600, 1);
+    let public_ppl = |weight: f64| {
+        let opts = TrainOptions {
+            public_loss_weight: weight,
+            ..quick_opts(30)
+        };
+        let expert = train_expert(
+            &anchor,
+            &digest,
+            &data,
+            None,
+            Some(&public),
+            &opts,
+            &device(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let merged = merge(&anchor, &digest, std::slice::from_ref(&expert), 2).unwrap();
+        let model = FlexOlmo::from_tensors(&merged.config, &merged.tensors, &device()).unwrap();
+        evaluate(&model, &public_heldout, 32, 4, &mut |_, _| {})
+            .unwrap()
+            .perplexity
+    };
+    let own_only = public_ppl(0.0);
+    let with_public = public_ppl(1.0);
+    assert!(
+        with_public < own_only,
+        "public perplexity {with_public} with the public loss, {own_only} without"
+    );
+}
