@@ -1243,3 +1243,29 @@ async fn a_blob_store_given_by_url_holds_the_uploads() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_revoked_contributor_is_refused_and_changes_nothing() {
+    let server = TestServer::start(Options::default()).await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 48).await;
+    // The operator revokes Alice's account (no API call does this yet; the
+    // database flag is what the service checks).
+    sqlx::query("UPDATE contributors SET revoked_at = now() WHERE contributor_id = 'alice'")
+        .execute(server.pool())
+        .await
+        .unwrap();
+    let before = counts(server.pool()).await;
+    assert_refused(
+        alice.grant_consent(terms("c-late", "alice", b"x")).await,
+        Code::PermissionDenied,
+        "CONTRIBUTOR_REVOKED",
+    );
+    assert_refused(
+        alice.list_consents(10).await,
+        Code::PermissionDenied,
+        "CONTRIBUTOR_REVOKED",
+    );
+    assert_eq!(counts(server.pool()).await, before);
+    server.stop().await;
+}
