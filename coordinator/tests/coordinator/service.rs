@@ -1269,3 +1269,54 @@ async fn a_revoked_contributor_is_refused_and_changes_nothing() {
     assert_eq!(counts(server.pool()).await, before);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_manifest_signature_over_other_weights_is_refused_and_records_nothing() {
+    use crate::validate::good_upload;
+
+    let server = TestServer::start(Options::for_uploads()).await;
+    let base = server.client().await;
+    let alice = enrol(&server, &base, "alice", 49).await;
+    let (payload, m) = good_upload(91);
+    let (_, other) = good_upload(92);
+    consent_for(&alice, "c-signed", &m, None).await;
+    let before = counts(server.pool()).await;
+
+    // The statement signs `other`'s manifest; the header carries `m`'s.
+    let signer = alice.signer().unwrap().clone();
+    let statement = alice
+        .statement(&Event::ExpertSubmitted(
+            tributary_ledger::event::ExpertSubmitted {
+                submission: tributary_ledger::SubmissionId::new("s-signed").unwrap(),
+                contributor: ContributorId::new("alice").unwrap(),
+                manifest: other,
+            },
+        ))
+        .unwrap();
+    let mut header = v1::UploadHeader {
+        auth: None,
+        submission_id: "s-signed".into(),
+        contributor_id: "alice".into(),
+        manifest: Some(tributary_client::convert::manifest_to_proto(&m)),
+        manifest_signature: Some(tributary_client::convert::signature_to_proto(&statement)),
+        payload_size: payload.len() as u64,
+    };
+    signer.sign(&mut header).unwrap();
+    let mut messages = vec![v1::UploadExpertRequest {
+        message: Some(v1::upload_expert_request::Message::Header(header)),
+    }];
+    messages.extend(payload.chunks(64 * 1024).map(chunk_message));
+    let refused = alice
+        .submissions()
+        .upload_expert(tokio_stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(
+        tributary_client::reason_code(&refused),
+        Some("BAD_MANIFEST_SIGNATURE")
+    );
+    let after = counts(server.pool()).await;
+    assert_eq!((after.0, after.1), (before.0, before.1), "no entry, no row");
+    server.stop().await;
+}
