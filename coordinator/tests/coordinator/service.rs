@@ -742,9 +742,8 @@ async fn the_quality_gate_decides_uploads_and_metrics_count_them() {
     use coordinator::blobs::BlobStore;
 
     let server = TestServer::start(Options {
-        max_message_bytes: 1 << 20,
         gate: true,
-        ..Options::default()
+        ..Options::for_uploads()
     })
     .await;
     let base = server.client().await;
@@ -840,14 +839,30 @@ async fn open_upload(
     (tx, call)
 }
 
+/// Waits (up to 5 s) until `slots` has `free` upload slots.
+async fn wait_for_free_slots(slots: &tokio::sync::Semaphore, free: usize) {
+    for _ in 0..200 {
+        if slots.available_permits() == free {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Sends `payload` in 64 KiB chunks on an upload opened by `open_upload`, and ends it.
+async fn finish_upload(sender: tokio::sync::mpsc::Sender<v1::UploadExpertRequest>, payload: &[u8]) {
+    for chunk in payload.chunks(64 * 1024) {
+        sender.send(chunk_message(chunk)).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn uploads_beyond_the_limit_are_refused_until_a_slot_frees() {
     use crate::validate::good_upload;
 
     let server = TestServer::start(Options {
-        max_message_bytes: 1 << 20,
         max_concurrent_uploads: 1,
-        ..Options::default()
+        ..Options::for_uploads()
     })
     .await;
     let base = server.client().await;
@@ -860,12 +875,7 @@ async fn uploads_beyond_the_limit_are_refused_until_a_slot_frees() {
     // The first upload holds the only slot once its header is in.
     let (sender, call) = open_upload(&alice, "s-first", &first, payload.len() as u64).await;
     let slots = &server.running.state.uploads;
-    for _ in 0..200 {
-        if slots.available_permits() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_free_slots(slots, 0).await;
     assert_eq!(
         slots.available_permits(),
         0,
@@ -879,10 +889,7 @@ async fn uploads_beyond_the_limit_are_refused_until_a_slot_frees() {
     assert_eq!(refused.reason_code(), Some("TOO_MANY_UPLOADS"));
 
     // The first upload completes; the slot frees and the second goes through.
-    for chunk in payload.chunks(64 * 1024) {
-        sender.send(chunk_message(chunk)).await.unwrap();
-    }
-    drop(sender);
+    finish_upload(sender, &payload).await;
     let status = call.await.unwrap().unwrap().into_inner();
     assert!(accepted(&status), "{status:?}");
     let status = upload(&server, &alice, "s-second", &payload2, &second).await;
@@ -895,12 +902,7 @@ async fn uploads_beyond_the_limit_are_refused_until_a_slot_frees() {
     let (sender, call) = open_upload(&alice, "s-third", &third, payload3.len() as u64).await;
     call.abort();
     drop(sender);
-    for _ in 0..200 {
-        if slots.available_permits() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_free_slots(slots, 1).await;
     let status = upload(&server, &alice, "s-third", &payload3, &third).await;
     assert!(accepted(&status), "{status:?}");
     assert_eq!(
@@ -917,9 +919,8 @@ async fn an_expired_consent_is_ended_by_the_coordinator_like_a_withdrawal() {
     use coordinator::blobs::BlobStore;
 
     let server = TestServer::start(Options {
-        max_message_bytes: 1 << 20,
         expiry_check: Duration::from_millis(200),
-        ..Options::default()
+        ..Options::for_uploads()
     })
     .await;
     let base = server.client().await;
@@ -984,11 +985,10 @@ async fn batched_publishing_gathers_accepted_experts_into_one_version() {
     use coordinator::service::tasks::publish_pending;
 
     let server = TestServer::start(Options {
-        max_message_bytes: 1 << 20,
         // The batch publisher's first pass runs at start; the next is far off,
         // so the test publishes by calling the pass itself.
         publish_every: Some(Duration::from_secs(3600)),
-        ..Options::default()
+        ..Options::for_uploads()
     })
     .await;
     let base = server.client().await;
@@ -1041,9 +1041,8 @@ async fn shutdown_lets_an_upload_in_flight_finish() {
     use crate::validate::good_upload;
 
     let server = TestServer::start(Options {
-        max_message_bytes: 1 << 20,
         max_concurrent_uploads: 1,
-        ..Options::default()
+        ..Options::for_uploads()
     })
     .await;
     let base = server.client().await;
@@ -1051,13 +1050,8 @@ async fn shutdown_lets_an_upload_in_flight_finish() {
     let (payload, m) = good_upload(61);
     consent_for(&alice, "c-late", &m, None).await;
     let (sender, call) = open_upload(&alice, "s-late", &m, payload.len() as u64).await;
-    let slots = server.running.state.uploads.clone();
-    for _ in 0..200 {
-        if slots.available_permits() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let slots = &server.running.state.uploads.clone();
+    wait_for_free_slots(slots, 0).await;
     assert_eq!(slots.available_permits(), 0, "the upload is in flight");
 
     // Shutdown is requested mid-upload; the upload still completes and is recorded.
@@ -1070,10 +1064,7 @@ async fn shutdown_lets_an_upload_in_flight_finish() {
     } = server;
     stop.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for chunk in payload.chunks(64 * 1024) {
-        sender.send(chunk_message(chunk)).await.unwrap();
-    }
-    drop(sender);
+    finish_upload(sender, &payload).await;
     let status = call.await.unwrap().unwrap().into_inner();
     assert!(accepted(&status), "{status:?}");
     tokio::time::timeout(Duration::from_secs(20), running.wait())
@@ -1104,11 +1095,7 @@ async fn bad_payloads_are_rejected_through_the_service_and_leave_no_blob() {
     use tributary_model::names;
     use tributary_model::weights::HostTensor;
 
-    let server = TestServer::start(Options {
-        max_message_bytes: 1 << 20,
-        ..Options::default()
-    })
-    .await;
+    let server = TestServer::start(Options::for_uploads()).await;
     let base = server.client().await;
     let alice = enrol(&server, &base, "alice", 46).await;
     let store = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
