@@ -1,0 +1,140 @@
+//! Upper bound: how good would the merged model be if the router rows were
+//! fitted *jointly*, with every contributor's text, instead of each row against
+//! public text only?
+//!
+//! Takes the experts of an experiment run (`experiment --out RUN` writes them to
+//! `RUN/experts/<domain>`), merges them, and refits the rows layer by layer on
+//! the merged model's own router inputs: row `i` separates domain `i`'s training
+//! text from public text and from every other domain's text (the same
+//! regularised logistic fit `train` uses). Then it prints held-out perplexity
+//! of the merged model with the rows as trained and as refitted. No
+//! contributor can run this fit under the current protocol (it needs everyone's
+//! text); it measures what routing, rather than the experts, costs.
+//!
+//! ```sh
+//! cargo run --release -p contributor-agent --example joint_routing -- models/anchor data/slices runs/experiment
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use contributor_agent::text;
+use tributary_corpus::TextTokenizer;
+use tributary_model::checkpoint::file_sha256;
+use tributary_model::eval::evaluate;
+use tributary_model::merge::merge;
+use tributary_model::router::{RouterFeatures, fit_offsets, router_features};
+use tributary_model::weights::HostTensor;
+use tributary_model::{Checkpoint, ExpertPackage, FlexOlmo, names};
+
+const SEQ: usize = 256;
+const TOKENS: usize = 16_384;
+
+fn stream(tok: &TextTokenizer, p: &Path) -> Result<Vec<u32>> {
+    let docs = text::documents(&[p.to_path_buf()])?;
+    text::stream(&docs, tok)
+}
+
+fn layer_only(f: &RouterFeatures, l: usize) -> RouterFeatures {
+    RouterFeatures {
+        hidden: f.hidden,
+        rows: f.rows,
+        layers: vec![f.layers[l].clone()],
+    }
+}
+
+fn perplexities(
+    ckpt: &Checkpoint,
+    device: &burn::tensor::Device,
+    held: &[(String, Vec<u32>)],
+) -> Result<Vec<f64>> {
+    let model = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, device)?;
+    held.iter()
+        .map(|(_, s)| Ok(evaluate(&model, s, SEQ, 8, &mut |_, _| {})?.perplexity))
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let usage = "usage: joint_routing ANCHOR SLICES RUN";
+    let args: Vec<String> = std::env::args().collect();
+    let anchor_dir = PathBuf::from(args.get(1).context(usage)?);
+    let slices = PathBuf::from(args.get(2).context(usage)?);
+    let run = PathBuf::from(args.get(3).context(usage)?);
+    let device = tributary_model::device::device_for("flex")?;
+    let anchor = Checkpoint::load(&anchor_dir)?;
+    let digest = file_sha256(&anchor_dir.join("model.safetensors"))?;
+    let tok = text::tokenizer(&anchor_dir)?;
+    let mut domains = Vec::new();
+    for e in std::fs::read_dir(run.join("experts"))? {
+        domains.push(e?.file_name().to_string_lossy().into_owned());
+    }
+    domains.sort();
+    let experts = domains
+        .iter()
+        .map(|d| ExpertPackage::load(&run.join("experts").join(d)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let train: Vec<Vec<u32>> = domains
+        .iter()
+        .map(|d| stream(&tok, &slices.join(d).join("train.jsonl")))
+        .collect::<Result<_>>()?;
+    let public = stream(&tok, &anchor_dir.join("router-calibration.txt"))?;
+    let mut held = Vec::new();
+    for d in domains.iter().chain(std::iter::once(&"public".to_owned())) {
+        held.push((
+            d.clone(),
+            stream(&tok, &slices.join(d).join("heldout.jsonl"))?,
+        ));
+    }
+    let mut merged = merge(&anchor, &digest, &experts, 2)?;
+    let before = perplexities(&merged, &device, &held)?;
+    let h = anchor.config.hidden_size;
+    for l in 0..anchor.config.num_hidden_layers {
+        let model = FlexOlmo::from_tensors(&merged.config, &merged.tensors, &device)?;
+        let own: Vec<RouterFeatures> = train
+            .iter()
+            .map(|s| Ok(layer_only(&router_features(&model, s, SEQ, TOKENS)?, l)))
+            .collect::<Result<_>>()?;
+        let public_f = layer_only(&router_features(&model, &public, SEQ, TOKENS)?, l);
+        let r_pub = anchor.tensors.get(&names::router(l))?.data.clone();
+        let mut rows = r_pub.clone();
+        for (i, f) in own.iter().enumerate() {
+            let mut negatives = public_f.clone();
+            for (j, other) in own.iter().enumerate() {
+                if j != i {
+                    negatives.layers[0].extend_from_slice(&other.layers[0]);
+                    negatives.rows += other.rows;
+                }
+            }
+            let fit = fit_offsets(f, &negatives, 1e-2, 0.0, &device)?;
+            rows.extend(r_pub.iter().zip(&fit[0].offset).map(|(a, b)| a + b));
+            eprintln!(
+                "layer {l} {}: own {:.1}% positive, others and public {:.1}%",
+                domains[i],
+                100.0 * fit[0].own_positive,
+                100.0 * fit[0].public_positive
+            );
+        }
+        merged.tensors.insert(
+            names::router(l),
+            HostTensor::new(vec![domains.len() + 1, h], rows)?,
+        );
+    }
+    let after = perplexities(&merged, &device, &held)?;
+    println!(
+        "| merged, top-2 | {} |",
+        held.iter()
+            .map(|(d, _)| d.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|{}", "---:|".repeat(held.len()));
+    let row = |v: &[f64]| {
+        v.iter()
+            .map(|p| format!("{p:.1}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    println!("| rows as trained | {} |", row(&before));
+    println!("| rows refitted jointly | {} |", row(&after));
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Diagnostic: how router rows fitted independently by each contributor compete
+//! once they are merged, measured on the anchor's router inputs (exact for
+//! layer 0, where no expert has acted yet).
+//!
+//! For every domain of a slices directory it fits `w_i = r_i − r_pub` the way
+//! `train` initialises it, then routes each domain's held-out tokens top-2 over
+//! `[0 (public), w_1·x, …, w_n·x]` and prints, per domain, the share of tokens
+//! whose top-2 holds their own expert, and the share routed exactly to
+//! `{own, public}` (the pair each expert was trained in).
+//!
+//! ```sh
+//! cargo run --release -p contributor-agent --example router_cross -- models/anchor data/slices [extra-negatives]
+//! ```
+//!
+//! `extra-negatives` adds synthetic negatives to the public sample: `random`
+//! (uniformly random token windows), `shuffled` (the contributor's own tokens
+//! in random order) or `none` (the default); `margin` is `train --router-margin`;
+//! `l2` the regulariser of the fit (default 1e-2).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use contributor_agent::text;
+use tributary_model::router::{RouterFeatures, fit_offsets, router_features};
+use tributary_model::{Checkpoint, FlexOlmo};
+
+const SEQ: usize = 256;
+const TOKENS: usize = 16_384;
+
+fn features(
+    model: &FlexOlmo,
+    tok: &tributary_corpus::TextTokenizer,
+    p: &Path,
+) -> Result<RouterFeatures> {
+    let docs = text::documents(&[p.to_path_buf()])?;
+    let stream = text::stream(&docs, tok)?;
+    Ok(router_features(model, &stream, SEQ, TOKENS)?)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let anchor = PathBuf::from(
+        args.get(1)
+            .context("usage: router_cross ANCHOR SLICES [random|shuffled|none] [margin] [l2]")?,
+    );
+    let slices = PathBuf::from(
+        args.get(2)
+            .context("usage: router_cross ANCHOR SLICES [random|shuffled|none] [margin] [l2]")?,
+    );
+    let extra = args.get(3).map_or("none", String::as_str);
+    let margin: f64 = args.get(4).map_or(Ok(0.0), |m| m.parse())?;
+    let l2: f64 = args.get(5).map_or(Ok(1e-2), |m| m.parse())?;
+    let device = tributary_model::device::device_for("flex")?;
+    let ckpt = Checkpoint::load(&anchor)?;
+    let model = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, &device)?;
+    let tok = text::tokenizer(&anchor)?;
+    let public = features(&model, &tok, &anchor.join("router-calibration.txt"))?;
+    let vocab = ckpt.config.vocab_size as u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let random: Vec<u32> = (0..TOKENS).map(|_| (next() % vocab) as u32).collect();
+    let random = router_features(&model, &random, SEQ, TOKENS)?;
+    let with = |base: &RouterFeatures, more: &RouterFeatures| {
+        let mut out = base.clone();
+        for (p, x) in out.layers.iter_mut().zip(&more.layers) {
+            p.extend(x);
+        }
+        out.rows += more.rows;
+        out
+    };
+    let mut domains = Vec::new();
+    for e in std::fs::read_dir(&slices)? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name != "public" {
+            domains.push(name);
+        }
+    }
+    domains.sort();
+    let mut offsets = BTreeMap::new();
+    for d in &domains {
+        let docs = text::documents(&[slices.join(d).join("train.jsonl")])?;
+        let stream = text::stream(&docs, &tok)?;
+        let own = router_features(&model, &stream, SEQ, TOKENS)?;
+        let negatives = match extra {
+            "random" => with(&public, &random),
+            "shuffled" => {
+                let mut shuffled = stream[..stream.len().min(TOKENS)].to_vec();
+                for i in (1..shuffled.len()).rev() {
+                    shuffled.swap(i, (next() % (i as u64 + 1)) as usize);
+                }
+                with(&public, &router_features(&model, &shuffled, SEQ, TOKENS)?)
+            }
+            _ => public.clone(),
+        };
+        let fits = fit_offsets(&own, &negatives, l2, margin, &device)?;
+        offsets.insert(d.clone(), fits);
+    }
+    let h = ckpt.config.hidden_size;
+    let mut sets = domains.clone();
+    sets.push("public".into());
+    println!("negatives: public + {extra}, margin {margin}, l2 {l2}");
+    println!("| text | layer | own in top-2 | top-2 = own+public | public in top-2 |");
+    println!("|---|---:|---:|---:|---:|");
+    for set in &sets {
+        let held = features(&model, &tok, &slices.join(set).join("heldout.jsonl"))?;
+        for (l, x) in held.layers.iter().enumerate() {
+            let (mut own_in, mut pair, mut pub_in) = (0usize, 0usize, 0usize);
+            let n = x.len() / h;
+            for row in x.chunks(h) {
+                let mut scores: Vec<(f32, &str)> = vec![(0.0, "public")];
+                for (d, fits) in &offsets {
+                    let s = row
+                        .iter()
+                        .zip(&fits[l].offset)
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>();
+                    scores.push((s, d.as_str()));
+                }
+                scores.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let top = [scores[0].1, scores[1].1];
+                let has_own = top.contains(&set.as_str());
+                let has_pub = top.contains(&"public");
+                own_in += usize::from(has_own);
+                pub_in += usize::from(has_pub);
+                pair += usize::from(has_own && has_pub);
+            }
+            let pct = |v: usize| 100.0 * v as f64 / n.max(1) as f64;
+            println!(
+                "| {set} | {l} | {:.1}% | {:.1}% | {:.1}% |",
+                pct(own_in),
+                pct(pair),
+                pct(pub_in)
+            );
+        }
+    }
+    Ok(())
+}
