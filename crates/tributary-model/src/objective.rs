@@ -46,7 +46,8 @@ pub struct TrainOptions {
     pub router_lr_scale: f64,
     /// Expert training: weight of a language-modelling loss on the public
     /// calibration text, through the two-expert model (0: the contributor's
-    /// text only, as in FlexOlmo). Teaches the expert not to harm public text.
+    /// text only, as in FlexOlmo). Teaches the expert not to harm public text;
+    /// used only when a public calibration sample is given.
     pub public_loss_weight: f64,
 }
 
@@ -68,7 +69,7 @@ impl Default for TrainOptions {
             calibration_tokens: 16_384,
             router_margin: 0.0,
             router_lr_scale: 1.0,
-            public_loss_weight: 0.0,
+            public_loss_weight: 1.0,
         }
     }
 }
