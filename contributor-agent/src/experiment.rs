@@ -46,6 +46,10 @@ pub struct ExperimentArgs {
     /// Experts per token in the merged model.
     #[arg(long, default_value_t = 2)]
     pub top_k: usize,
+    /// Also evaluate the merged model (all experts) with these numbers of
+    /// experts per token, e.g. `1,3,6`; rows `merged-top-k:K` of the tables.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep_top_k: Vec<usize>,
     /// Compute backend.
     #[arg(long, default_value = "flex")]
     pub backend: String,
@@ -60,6 +64,8 @@ pub struct ExperimentResults {
     pub eval_sets: Vec<String>,
     /// Experts per token in merged models.
     pub top_k: usize,
+    /// Other numbers of experts per token the merged model was evaluated with.
+    pub sweep_top_k: Vec<usize>,
     /// Held-out perplexity: model name → evaluation set → perplexity.
     pub perplexity: BTreeMap<String, BTreeMap<String, f64>>,
     /// Merged model: evaluation set → share of routing slots per expert (averaged over layers).
@@ -90,6 +96,9 @@ fn heldout(slices: &Path, set: &str) -> PathBuf {
 
 /// Runs the experiment.
 pub fn run(a: &ExperimentArgs) -> Result<()> {
+    if a.top_k == 0 || a.sweep_top_k.contains(&0) {
+        bail!("a merged model routes each token to at least one expert: top-k must be 1 or more");
+    }
     let domains = if a.domains.is_empty() {
         list_domains(&a.slices, &a.public)?
     } else {
@@ -183,6 +192,17 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
         eval(&format!("expert:{d}"), &two, std::slice::from_ref(d))?;
     }
     routing.extend(eval("merged", &merged, &eval_sets)?);
+    let sweep: Vec<usize> = a
+        .sweep_top_k
+        .iter()
+        .copied()
+        .filter(|&k| k != a.top_k)
+        .collect();
+    for &k in &sweep {
+        let all: Vec<usize> = (0..=domains.len()).collect();
+        let m = select_experts(&merged, &all, k)?;
+        eval(&format!("merged-top-k:{k}"), &m, &eval_sets)?;
+    }
     for (i, d) in domains.iter().enumerate() {
         let keep: Vec<usize> = (0..=domains.len()).filter(|&e| e != i + 1).collect();
         let without = select_experts(&merged, &keep, a.top_k)?;
@@ -196,6 +216,7 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
         domains: domains.clone(),
         eval_sets,
         top_k: a.top_k,
+        sweep_top_k: sweep,
         perplexity: ppl,
         routing,
         targets,
@@ -326,6 +347,7 @@ pub fn markdown(r: &ExperimentResults) -> String {
     let mut order = vec!["anchor".to_owned()];
     order.extend(r.domains.iter().map(|d| format!("expert:{d}")));
     order.push("merged".into());
+    order.extend(r.sweep_top_k.iter().map(|k| format!("merged-top-k:{k}")));
     order.extend(r.domains.iter().map(|d| format!("merged-without:{d}")));
     order.push("soup".into());
     for model in order {

@@ -71,6 +71,14 @@ fn tiny_anchor(dir: &Path) {
     .unwrap();
 }
 
+/// A temporary directory holding a tiny anchor at `anchor/`.
+fn tiny_anchor_in_tmp() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let anchor = tmp.path().join("anchor");
+    tiny_anchor(&anchor);
+    (tmp, anchor)
+}
+
 /// `train` arguments for a short run.
 fn train_args<'a>(
     anchor: &'a Path,
@@ -108,9 +116,7 @@ fn perplexity(json: &str) -> f64 {
 
 #[test]
 fn train_merge_evaluate_and_opt_out() {
-    let tmp = tempfile::tempdir().unwrap();
-    let anchor = tmp.path().join("anchor");
-    tiny_anchor(&anchor);
+    let (tmp, anchor) = tiny_anchor_in_tmp();
     let expert = tmp.path().join("expert");
     let code = slice("code");
     let train_args = train_args(&anchor, &code, &expert, "3", "2", "32");
@@ -183,9 +189,7 @@ fn train_merge_evaluate_and_opt_out() {
 
 #[test]
 fn clear_errors_for_bad_input() {
-    let tmp = tempfile::tempdir().unwrap();
-    let anchor = tmp.path().join("anchor");
-    tiny_anchor(&anchor);
+    let (tmp, anchor) = tiny_anchor_in_tmp();
     let text = slice("math");
     fails(
         &[
@@ -276,4 +280,100 @@ fn clear_errors_for_bad_input() {
     args.push("--no-router-calibration");
     ok(&args);
     assert!(plain.join("expert.safetensors").is_file());
+}
+
+#[test]
+fn the_experiment_writes_every_row_and_checks_the_targets() {
+    let (tmp, anchor) = tiny_anchor_in_tmp();
+    // Two domains and the public corpus: the first 16 KB of documents of each
+    // held-out slice, standing in for its training text too, so the run stays short.
+    let slices = tmp.path().join("slices");
+    for d in ["code", "math", "public"] {
+        let all = std::fs::read_to_string(slice(d)).unwrap();
+        let mut head = String::new();
+        for line in all.lines() {
+            if head.len() >= 16 * 1024 {
+                break;
+            }
+            head.push_str(line);
+            head.push('\n');
+        }
+        std::fs::create_dir_all(slices.join(d)).unwrap();
+        std::fs::write(slices.join(d).join("heldout.jsonl"), &head).unwrap();
+        std::fs::write(slices.join(d).join("train.jsonl"), &head).unwrap();
+    }
+    let out = tmp.path().join("run");
+    let base = [
+        "experiment",
+        "--anchor",
+        p(&anchor),
+        "--slices",
+        p(&slices),
+        "--out",
+        p(&out),
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(&[
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--sweep-top-k",
+            "1,3",
+        ]);
+        args.extend_from_slice(extra);
+        ok(&args);
+        let json = std::fs::read_to_string(out.join("results.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()
+    };
+    let first = run(&[]);
+    assert_eq!(first["domains"], serde_json::json!(["code", "math"]));
+    let ppl = &first["perplexity"];
+    for (model, sets) in [
+        ("anchor", &["code", "math", "public"][..]),
+        ("expert:code", &["code"][..]),
+        ("expert:math", &["math"][..]),
+        ("merged", &["code", "math", "public"][..]),
+        ("merged-top-k:1", &["code", "math", "public"][..]),
+        ("merged-top-k:3", &["code", "math", "public"][..]),
+        ("merged-without:code", &["code", "math", "public"][..]),
+        ("merged-without:math", &["code", "math", "public"][..]),
+        ("soup", &["code", "math", "public"][..]),
+    ] {
+        for set in sets {
+            let v = ppl[model][set].as_f64();
+            assert!(
+                v.is_some_and(|v| v.is_finite() && v > 1.0),
+                "{model} on {set}: {v:?}"
+            );
+        }
+    }
+    // Four targets per domain, then the public one and the soup one.
+    assert_eq!(first["targets"].as_array().unwrap().len(), 10);
+    // Routing shares of the merged model: public + two experts, summing to one.
+    let shares = first["routing"]["code"].as_array().unwrap();
+    assert_eq!(shares.len(), 3);
+    let total: f64 = shares.iter().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-6, "shares sum to {total}");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    for row in [
+        "| merged |",
+        "| merged-top-k:1 |",
+        "| merged-without:math |",
+        "| soup |",
+    ] {
+        assert!(md.contains(row), "results.md lacks {row}");
+    }
+    // --reuse scores the same experts again instead of training new ones.
+    let again = run(&["--reuse"]);
+    assert_eq!(again["experts"], first["experts"]);
+    assert_eq!(again["perplexity"], first["perplexity"]);
+
+    fails(
+        &[&base[..], &["--sweep-top-k", "0"]].concat(),
+        "at least one expert",
+    );
 }
