@@ -15,25 +15,19 @@
 //! cargo run --release -p contributor-agent --example joint_routing -- models/anchor data/slices runs/experiment
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use contributor_agent::text;
-use tributary_corpus::TextTokenizer;
-use tributary_model::checkpoint::file_sha256;
+use contributor_agent::assemble::{anchor_digest, load_experts};
+use contributor_agent::commands::load_stream;
 use tributary_model::eval::evaluate;
 use tributary_model::merge::merge;
 use tributary_model::router::{RouterFeatures, fit_offsets, router_features};
 use tributary_model::weights::HostTensor;
-use tributary_model::{Checkpoint, ExpertPackage, FlexOlmo, names};
+use tributary_model::{Checkpoint, FlexOlmo, names};
 
 const SEQ: usize = 256;
 const TOKENS: usize = 16_384;
-
-fn stream(tok: &TextTokenizer, p: &Path) -> Result<Vec<u32>> {
-    let docs = text::documents(&[p.to_path_buf()])?;
-    text::stream(&docs, tok)
-}
 
 fn layer_only(f: &RouterFeatures, l: usize) -> RouterFeatures {
     RouterFeatures {
@@ -62,28 +56,26 @@ fn main() -> Result<()> {
     let run = PathBuf::from(args.get(3).context(usage)?);
     let device = tributary_model::device::device_for("flex")?;
     let anchor = Checkpoint::load(&anchor_dir)?;
-    let digest = file_sha256(&anchor_dir.join("model.safetensors"))?;
-    let tok = text::tokenizer(&anchor_dir)?;
+    let digest = anchor_digest(&anchor_dir)?;
+    let stream = |p: PathBuf| load_stream(&anchor_dir, &[p]);
     let mut domains = Vec::new();
     for e in std::fs::read_dir(run.join("experts"))? {
         domains.push(e?.file_name().to_string_lossy().into_owned());
     }
     domains.sort();
-    let experts = domains
+    let dirs: Vec<PathBuf> = domains
         .iter()
-        .map(|d| ExpertPackage::load(&run.join("experts").join(d)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|d| run.join("experts").join(d))
+        .collect();
+    let experts = load_experts(&dirs)?;
     let train: Vec<Vec<u32>> = domains
         .iter()
-        .map(|d| stream(&tok, &slices.join(d).join("train.jsonl")))
+        .map(|d| stream(slices.join(d).join("train.jsonl")))
         .collect::<Result<_>>()?;
-    let public = stream(&tok, &anchor_dir.join("router-calibration.txt"))?;
+    let public = stream(anchor_dir.join("router-calibration.txt"))?;
     let mut held = Vec::new();
     for d in domains.iter().chain(std::iter::once(&"public".to_owned())) {
-        held.push((
-            d.clone(),
-            stream(&tok, &slices.join(d).join("heldout.jsonl"))?,
-        ));
+        held.push((d.clone(), stream(slices.join(d).join("heldout.jsonl"))?));
     }
     let mut merged = merge(&anchor, &digest, &experts, 2)?;
     let before = perplexities(&merged, &device, &held)?;
@@ -101,8 +93,7 @@ fn main() -> Result<()> {
             let mut negatives = public_f.clone();
             for (j, other) in own.iter().enumerate() {
                 if j != i {
-                    negatives.layers[0].extend_from_slice(&other.layers[0]);
-                    negatives.rows += other.rows;
+                    negatives.append(other);
                 }
             }
             let fit = fit_offsets(f, &negatives, 1e-2, 0.0, &device)?;

@@ -18,44 +18,37 @@
 //! `l2` the regulariser of the fit (default 1e-2).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use contributor_agent::text;
+use contributor_agent::commands::load_stream;
+use contributor_agent::experiment::list_domains;
 use tributary_model::router::{RouterFeatures, fit_offsets, router_features};
 use tributary_model::{Checkpoint, FlexOlmo};
 
 const SEQ: usize = 256;
 const TOKENS: usize = 16_384;
 
-fn features(
-    model: &FlexOlmo,
-    tok: &tributary_corpus::TextTokenizer,
-    p: &Path,
-) -> Result<RouterFeatures> {
-    let docs = text::documents(&[p.to_path_buf()])?;
-    let stream = text::stream(&docs, tok)?;
-    Ok(router_features(model, &stream, SEQ, TOKENS)?)
-}
-
 fn main() -> Result<()> {
+    let usage = "usage: router_cross ANCHOR SLICES [random|shuffled|none] [margin] [l2]";
     let args: Vec<String> = std::env::args().collect();
-    let anchor = PathBuf::from(
-        args.get(1)
-            .context("usage: router_cross ANCHOR SLICES [random|shuffled|none] [margin] [l2]")?,
-    );
-    let slices = PathBuf::from(
-        args.get(2)
-            .context("usage: router_cross ANCHOR SLICES [random|shuffled|none] [margin] [l2]")?,
-    );
+    let anchor = PathBuf::from(args.get(1).context(usage)?);
+    let slices = PathBuf::from(args.get(2).context(usage)?);
     let extra = args.get(3).map_or("none", String::as_str);
     let margin: f64 = args.get(4).map_or(Ok(0.0), |m| m.parse())?;
     let l2: f64 = args.get(5).map_or(Ok(1e-2), |m| m.parse())?;
     let device = tributary_model::device::device_for("flex")?;
     let ckpt = Checkpoint::load(&anchor)?;
     let model = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, &device)?;
-    let tok = text::tokenizer(&anchor)?;
-    let public = features(&model, &tok, &anchor.join("router-calibration.txt"))?;
+    let features = |p: PathBuf| -> Result<RouterFeatures> {
+        Ok(router_features(
+            &model,
+            &load_stream(&anchor, &[p])?,
+            SEQ,
+            TOKENS,
+        )?)
+    };
+    let public = features(anchor.join("router-calibration.txt"))?;
     let vocab = ckpt.config.vocab_size as u64;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -66,38 +59,23 @@ fn main() -> Result<()> {
     };
     let random: Vec<u32> = (0..TOKENS).map(|_| (next() % vocab) as u32).collect();
     let random = router_features(&model, &random, SEQ, TOKENS)?;
-    let with = |base: &RouterFeatures, more: &RouterFeatures| {
-        let mut out = base.clone();
-        for (p, x) in out.layers.iter_mut().zip(&more.layers) {
-            p.extend(x);
-        }
-        out.rows += more.rows;
-        out
-    };
-    let mut domains = Vec::new();
-    for e in std::fs::read_dir(&slices)? {
-        let name = e?.file_name().to_string_lossy().into_owned();
-        if name != "public" {
-            domains.push(name);
-        }
-    }
-    domains.sort();
+    let domains = list_domains(&slices, "public")?;
     let mut offsets = BTreeMap::new();
     for d in &domains {
-        let docs = text::documents(&[slices.join(d).join("train.jsonl")])?;
-        let stream = text::stream(&docs, &tok)?;
+        let stream = load_stream(&anchor, &[slices.join(d).join("train.jsonl")])?;
         let own = router_features(&model, &stream, SEQ, TOKENS)?;
-        let negatives = match extra {
-            "random" => with(&public, &random),
+        let mut negatives = public.clone();
+        match extra {
+            "random" => negatives.append(&random),
             "shuffled" => {
                 let mut shuffled = stream[..stream.len().min(TOKENS)].to_vec();
                 for i in (1..shuffled.len()).rev() {
                     shuffled.swap(i, (next() % (i as u64 + 1)) as usize);
                 }
-                with(&public, &router_features(&model, &shuffled, SEQ, TOKENS)?)
+                negatives.append(&router_features(&model, &shuffled, SEQ, TOKENS)?);
             }
-            _ => public.clone(),
-        };
+            _ => {}
+        }
         let fits = fit_offsets(&own, &negatives, l2, margin, &device)?;
         offsets.insert(d.clone(), fits);
     }
@@ -108,7 +86,7 @@ fn main() -> Result<()> {
     println!("| text | layer | own in top-2 | top-2 = own+public | public in top-2 |");
     println!("|---|---:|---:|---:|---:|");
     for set in &sets {
-        let held = features(&model, &tok, &slices.join(set).join("heldout.jsonl"))?;
+        let held = features(slices.join(set).join("heldout.jsonl"))?;
         for (l, x) in held.layers.iter().enumerate() {
             let (mut own_in, mut pair, mut pub_in) = (0usize, 0usize, 0usize);
             let n = x.len() / h;

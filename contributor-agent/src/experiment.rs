@@ -198,8 +198,8 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
         .copied()
         .filter(|&k| k != a.top_k)
         .collect();
+    let all: Vec<usize> = (0..=domains.len()).collect();
     for &k in &sweep {
-        let all: Vec<usize> = (0..=domains.len()).collect();
         let m = select_experts(&merged, &all, k)?;
         eval(&format!("merged-top-k:{k}"), &m, &eval_sets)?;
     }
@@ -242,7 +242,9 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
     Ok(())
 }
 
-fn list_domains(slices: &Path, public: &str) -> Result<Vec<String>> {
+/// The domains of a slices directory: sub-directories holding `train.jsonl`,
+/// except the public corpus's, sorted.
+pub fn list_domains(slices: &Path, public: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in
         std::fs::read_dir(slices).with_context(|| format!("listing {}", slices.display()))?

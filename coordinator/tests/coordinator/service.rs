@@ -797,23 +797,20 @@ async fn the_quality_gate_decides_uploads_and_metrics_count_them() {
     server.stop().await;
 }
 
-/// Opens an upload of `manifest` and sends only its header; the returned
-/// sender keeps the stream open.
-async fn open_upload(
+/// A signed upload header announcing `manifest`, whose manifest signature is
+/// the contributor's statement over `signed` (the same manifest, normally).
+fn signed_header(
     client: &Client,
     id: &str,
     manifest: &tributary_ledger::event::ExpertManifest,
+    signed: &tributary_ledger::event::ExpertManifest,
     size: u64,
-) -> (
-    tokio::sync::mpsc::Sender<v1::UploadExpertRequest>,
-    tokio::task::JoinHandle<Result<tonic::Response<v1::SubmissionStatus>, tonic::Status>>,
-) {
+) -> v1::UploadHeader {
     let signer = client.signer().unwrap().clone();
-    let submission = tributary_ledger::SubmissionId::new(id).unwrap();
     let event = Event::ExpertSubmitted(tributary_ledger::event::ExpertSubmitted {
-        submission: submission.clone(),
+        submission: tributary_ledger::SubmissionId::new(id).unwrap(),
         contributor: ContributorId::new(signer.key_id()).unwrap(),
-        manifest: manifest.clone(),
+        manifest: signed.clone(),
     });
     let statement = client.statement(&event).unwrap();
     let mut header = v1::UploadHeader {
@@ -825,6 +822,21 @@ async fn open_upload(
         payload_size: size,
     };
     signer.sign(&mut header).unwrap();
+    header
+}
+
+/// Opens an upload of `manifest` and sends only its header; the returned
+/// sender keeps the stream open.
+async fn open_upload(
+    client: &Client,
+    id: &str,
+    manifest: &tributary_ledger::event::ExpertManifest,
+    size: u64,
+) -> (
+    tokio::sync::mpsc::Sender<v1::UploadExpertRequest>,
+    tokio::task::JoinHandle<Result<tonic::Response<v1::SubmissionStatus>, tonic::Status>>,
+) {
+    let header = signed_header(client, id, manifest, manifest, size);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(v1::UploadExpertRequest {
         message: Some(v1::upload_expert_request::Message::Header(header)),
@@ -1050,7 +1062,7 @@ async fn shutdown_lets_an_upload_in_flight_finish() {
     let (payload, m) = good_upload(61);
     consent_for(&alice, "c-late", &m, None).await;
     let (sender, call) = open_upload(&alice, "s-late", &m, payload.len() as u64).await;
-    let slots = &server.running.state.uploads.clone();
+    let slots = &server.running.state.uploads;
     wait_for_free_slots(slots, 0).await;
     assert_eq!(slots.available_permits(), 0, "the upload is in flight");
 
@@ -1270,25 +1282,7 @@ async fn a_manifest_signature_over_other_weights_is_refused_and_records_nothing(
     let before = counts(server.pool()).await;
 
     // The statement signs `other`'s manifest; the header carries `m`'s.
-    let signer = alice.signer().unwrap().clone();
-    let statement = alice
-        .statement(&Event::ExpertSubmitted(
-            tributary_ledger::event::ExpertSubmitted {
-                submission: tributary_ledger::SubmissionId::new("s-signed").unwrap(),
-                contributor: ContributorId::new("alice").unwrap(),
-                manifest: other,
-            },
-        ))
-        .unwrap();
-    let mut header = v1::UploadHeader {
-        auth: None,
-        submission_id: "s-signed".into(),
-        contributor_id: "alice".into(),
-        manifest: Some(tributary_client::convert::manifest_to_proto(&m)),
-        manifest_signature: Some(tributary_client::convert::signature_to_proto(&statement)),
-        payload_size: payload.len() as u64,
-    };
-    signer.sign(&mut header).unwrap();
+    let header = signed_header(&alice, "s-signed", &m, &other, payload.len() as u64);
     let mut messages = vec![v1::UploadExpertRequest {
         message: Some(v1::upload_expert_request::Message::Header(header)),
     }];

@@ -42,6 +42,16 @@ pub struct RouterFeatures {
     pub layers: Vec<Vec<f32>>,
 }
 
+impl RouterFeatures {
+    /// Appends the tokens of `other` (features of the same model's layers).
+    pub fn append(&mut self, other: &RouterFeatures) {
+        for (mine, theirs) in self.layers.iter_mut().zip(&other.layers) {
+            mine.extend_from_slice(theirs);
+        }
+        self.rows += other.rows;
+    }
+}
+
 /// Router inputs of `model` over up to `max_tokens` tokens of `stream`, taken as
 /// whole windows of `seq_len` spread evenly over the stream (deterministic).
 pub fn router_features(
