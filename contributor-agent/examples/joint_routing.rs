@@ -12,8 +12,14 @@
 //! text); it measures what routing, rather than the experts, costs.
 //!
 //! ```sh
-//! cargo run --release -p contributor-agent --example joint_routing -- models/anchor data/slices runs/experiment
+//! cargo run --release -p contributor-agent --example joint_routing -- models/anchor data/slices runs/experiment [lda SCALES]
 //! ```
+//!
+//! With `lda 0.5,1,2` it instead sets every row to what each contributor could
+//! compute alone: the Gaussian log-density ratio of its training text against
+//! the public calibration sample on the *anchor's* router inputs, with the
+//! public covariance ([`fit_gaussian_offsets`], intercept folded into the row),
+//! times each scale, and prints the merged model's perplexities for each.
 
 use std::path::PathBuf;
 
@@ -22,7 +28,7 @@ use contributor_agent::assemble::{anchor_digest, load_experts};
 use contributor_agent::commands::load_stream;
 use tributary_model::eval::evaluate;
 use tributary_model::merge::merge;
-use tributary_model::router::{RouterFeatures, fit_offsets, router_features};
+use tributary_model::router::{RouterFeatures, fit_gaussian_offsets, fit_offsets, router_features};
 use tributary_model::weights::HostTensor;
 use tributary_model::{Checkpoint, FlexOlmo, names};
 
@@ -49,7 +55,7 @@ fn perplexities(
 }
 
 fn main() -> Result<()> {
-    let usage = "usage: joint_routing ANCHOR SLICES RUN";
+    let usage = "usage: joint_routing ANCHOR SLICES RUN [lda SCALES]";
     let args: Vec<String> = std::env::args().collect();
     let anchor_dir = PathBuf::from(args.get(1).context(usage)?);
     let slices = PathBuf::from(args.get(2).context(usage)?);
@@ -80,6 +86,57 @@ fn main() -> Result<()> {
     let mut merged = merge(&anchor, &digest, &experts, 2)?;
     let before = perplexities(&merged, &device, &held)?;
     let h = anchor.config.hidden_size;
+    let header = |held: &[(String, Vec<u32>)]| {
+        println!(
+            "| merged, top-2 | {} |",
+            held.iter()
+                .map(|(d, _)| d.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        println!("|---|{}", "---:|".repeat(held.len()));
+    };
+    let row = |v: &[f64]| {
+        v.iter()
+            .map(|p| format!("{p:.1}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    if args.get(4).map(String::as_str) == Some("lda") {
+        let scales: Vec<f32> = args
+            .get(5)
+            .map_or("1", String::as_str)
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let model = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device)?;
+        let public_f = router_features(&model, &public, SEQ, TOKENS)?;
+        let fits = train
+            .iter()
+            .map(|s| {
+                let own = router_features(&model, s, SEQ, TOKENS)?;
+                Ok(fit_gaussian_offsets(&own, &public_f, 1e-2, true)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        header(&held);
+        println!("| rows as trained | {} |", row(&before));
+        for scale in scales {
+            for l in 0..anchor.config.num_hidden_layers {
+                let r_pub = anchor.tensors.get(&names::router(l))?.data.clone();
+                let mut rows = r_pub.clone();
+                for fit in &fits {
+                    rows.extend(r_pub.iter().zip(&fit[l].offset).map(|(a, b)| a + scale * b));
+                }
+                merged.tensors.insert(
+                    names::router(l),
+                    HostTensor::new(vec![domains.len() + 1, h], rows)?,
+                );
+            }
+            let p = perplexities(&merged, &device, &held)?;
+            println!("| Gaussian rows ×{scale} | {} |", row(&p));
+        }
+        return Ok(());
+    }
     for l in 0..anchor.config.num_hidden_layers {
         let model = FlexOlmo::from_tensors(&merged.config, &merged.tensors, &device)?;
         let own: Vec<RouterFeatures> = train
@@ -111,20 +168,7 @@ fn main() -> Result<()> {
         );
     }
     let after = perplexities(&merged, &device, &held)?;
-    println!(
-        "| merged, top-2 | {} |",
-        held.iter()
-            .map(|(d, _)| d.as_str())
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    println!("|---|{}", "---:|".repeat(held.len()));
-    let row = |v: &[f64]| {
-        v.iter()
-            .map(|p| format!("{p:.1}"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    };
+    header(&held);
     println!("| rows as trained | {} |", row(&before));
     println!("| rows refitted jointly | {} |", row(&after));
     Ok(())

@@ -16,6 +16,12 @@
 //! (uniformly random token windows), `shuffled` (the contributor's own tokens
 //! in random order) or `none` (the default); `margin` is `train --router-margin`;
 //! `l2` the regulariser of the fit (default 1e-2).
+//!
+//! Instead of negatives, `lda` fits each row as the Gaussian log-density ratio of
+//! own against public text with the public covariance
+//! ([`fit_gaussian_offsets`], the intercept folded into the row), and
+//! `lda-bias` keeps the intercept as a router bias (which `flex_olmo` does not
+//! have: the ideal the folded row approximates); `l2` is then the ridge.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,14 +29,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use contributor_agent::commands::load_stream;
 use contributor_agent::experiment::list_domains;
-use tributary_model::router::{RouterFeatures, fit_offsets, router_features};
+use tributary_model::router::{RouterFeatures, fit_gaussian_offsets, fit_offsets, router_features};
 use tributary_model::{Checkpoint, FlexOlmo};
 
 const SEQ: usize = 256;
 const TOKENS: usize = 16_384;
 
 fn main() -> Result<()> {
-    let usage = "usage: router_cross ANCHOR SLICES [random|shuffled|none] [margin] [l2]";
+    let usage =
+        "usage: router_cross ANCHOR SLICES [random|shuffled|none|lda|lda-bias] [margin] [l2]";
     let args: Vec<String> = std::env::args().collect();
     let anchor = PathBuf::from(args.get(1).context(usage)?);
     let slices = PathBuf::from(args.get(2).context(usage)?);
@@ -76,8 +83,17 @@ fn main() -> Result<()> {
             }
             _ => {}
         }
-        let fits = fit_offsets(&own, &negatives, l2, margin, &device)?;
-        offsets.insert(d.clone(), fits);
+        let rows: Vec<(Vec<f32>, f32)> = match extra {
+            "lda" | "lda-bias" => fit_gaussian_offsets(&own, &public, l2, extra == "lda")?
+                .into_iter()
+                .map(|f| (f.offset, f.intercept))
+                .collect(),
+            _ => fit_offsets(&own, &negatives, l2, margin, &device)?
+                .into_iter()
+                .map(|f| (f.offset, 0.0))
+                .collect(),
+        };
+        offsets.insert(d.clone(), rows);
     }
     let h = ckpt.config.hidden_size;
     let mut sets = domains.clone();
@@ -93,11 +109,8 @@ fn main() -> Result<()> {
             for row in x.chunks(h) {
                 let mut scores: Vec<(f32, &str)> = vec![(0.0, "public")];
                 for (d, fits) in &offsets {
-                    let s = row
-                        .iter()
-                        .zip(&fits[l].offset)
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>();
+                    let (w, c) = &fits[l];
+                    let s = row.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + c;
                     scores.push((s, d.as_str()));
                 }
                 scores.sort_by(|a, b| b.0.total_cmp(&a.0));

@@ -62,6 +62,12 @@ pub struct TrainingArgs {
     /// public tokens to this expert, at some cost on the contributor's own text.
     #[arg(long, default_value_t = 0.0)]
     pub router_margin: f64,
+    /// Start the router row from the Gaussian log-density ratio of own against
+    /// public text (public covariance) times this scale, instead of the
+    /// logistic fit (0, the default). Pair with `--router-lr-scale 0
+    /// --router-calibration 0` to keep that row fixed (EXPERIMENT.md).
+    #[arg(long, default_value_t = 0.0)]
+    pub router_gaussian: f64,
     /// Weight of a language-modelling loss on the public calibration text,
     /// computed through the two-expert model (a quarter batch per step), so
     /// that the expert learns not to harm public text once merged. 0 trains on
@@ -89,6 +95,7 @@ impl TrainingArgs {
             router_lr_scale: self.router_lr_scale,
             router_margin: self.router_margin,
             public_loss_weight: self.public_loss,
+            router_gaussian_scale: self.router_gaussian,
             ..TrainOptions::default()
         }
     }
@@ -436,14 +443,18 @@ mod tests {
             "0",
             "--public-loss",
             "0.5",
+            "--router-gaussian",
+            "0.75",
         ])
         .expect("the flags parse");
         let options = parsed.training.to_options(0);
         assert_eq!(options.router_margin, 2.5);
         assert_eq!(options.router_lr_scale, 0.0);
         assert_eq!(options.public_loss_weight, 0.5);
+        assert_eq!(options.router_gaussian_scale, 0.75);
         let defaults = Wrapper::try_parse_from(["x"]).expect("no flags parse");
         assert_eq!(defaults.training.to_options(0).router_margin, 0.0);
         assert_eq!(defaults.training.to_options(0).public_loss_weight, 1.0);
+        assert_eq!(defaults.training.to_options(0).router_gaussian_scale, 0.0);
     }
 }

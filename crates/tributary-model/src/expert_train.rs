@@ -31,7 +31,9 @@ use crate::objective::{
     StepInfo, TrainOptions, heldout_loss, lm_loss, lm_loss_traced, sample_batch, z_loss,
 };
 use crate::optim::{AdamW, AdamWConfig, Param, schedule};
-use crate::router::{CalibrationSet, fit_offsets, positive_share, router_features};
+use crate::router::{
+    CalibrationSet, fit_gaussian_offsets, fit_offsets, positive_share, router_features,
+};
 use crate::weights::{HostTensor, TensorMap};
 
 /// Mixed into the seed of the public-text batches, so they are sampled apart
@@ -159,11 +161,22 @@ pub fn train_expert(
             let plain = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, device)?;
             let own = router_features(&plain, train, seq_len, opts.calibration_tokens)?;
             let public = router_features(&plain, public, seq_len, opts.calibration_tokens)?;
-            let fits = fit_offsets(&own, &public, opts.router_l2, opts.router_margin, device)?;
-            let rows = fits
+            let offsets: Vec<Vec<f32>> = if opts.router_gaussian_scale > 0.0 {
+                let scale = opts.router_gaussian_scale as f32;
+                fit_gaussian_offsets(&own, &public, opts.router_l2, true)?
+                    .into_iter()
+                    .map(|f| f.offset.iter().map(|v| v * scale).collect())
+                    .collect()
+            } else {
+                fit_offsets(&own, &public, opts.router_l2, opts.router_margin, device)?
+                    .into_iter()
+                    .map(|f| f.offset)
+                    .collect()
+            };
+            let rows = offsets
                 .iter()
                 .zip(&r_pub)
-                .map(|(f, r)| r.iter().zip(&f.offset).map(|(a, b)| a + b).collect())
+                .map(|(w, r)| r.iter().zip(w).map(|(a, b)| a + b).collect())
                 .collect();
             calibration = Some((
                 CalibrationSet::new(&own, &public, 2048, opts.router_l2, opts.router_margin, &ad),

@@ -49,6 +49,11 @@ pub struct TrainOptions {
     /// text only, as in FlexOlmo). Teaches the expert not to harm public text;
     /// used only when a public calibration sample is given.
     pub public_loss_weight: f64,
+    /// Expert training: 0 fits the initial router offset by logistic regression
+    /// against public text; a positive value sets it instead to this multiple of
+    /// the Gaussian log-density-ratio row with the public covariance
+    /// ([`crate::router::fit_gaussian_offsets`]).
+    pub router_gaussian_scale: f64,
 }
 
 impl Default for TrainOptions {
@@ -70,6 +75,7 @@ impl Default for TrainOptions {
             router_margin: 0.0,
             router_lr_scale: 1.0,
             public_loss_weight: 1.0,
+            router_gaussian_scale: 0.0,
         }
     }
 }

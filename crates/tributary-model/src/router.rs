@@ -89,6 +89,16 @@ pub fn router_features(
     })
 }
 
+/// Refuses two samples that do not come from the same model's layers.
+fn same_model(own: &RouterFeatures, public: &RouterFeatures) -> Result<(), ModelError> {
+    if own.hidden != public.hidden || own.layers.len() != public.layers.len() {
+        return Err(ModelError::Argument(
+            "calibration samples come from different models".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Root-mean-square coordinate of a layer's features.
 fn feature_scale(pos: &[f32], neg: &[f32]) -> f64 {
     let n = (pos.len() + neg.len()).max(1) as f64;
@@ -134,11 +144,7 @@ pub fn fit_offsets(
     margin: f64,
     device: &Device,
 ) -> Result<Vec<LayerFit>, ModelError> {
-    if own.hidden != public.hidden || own.layers.len() != public.layers.len() {
-        return Err(ModelError::Argument(
-            "calibration samples come from different models".into(),
-        ));
-    }
+    same_model(own, public)?;
     let h = own.hidden;
     let mut fits = Vec::with_capacity(own.layers.len());
     for (pos, neg) in own.layers.iter().zip(&public.layers) {
@@ -215,6 +221,110 @@ pub fn fit_offsets(
             own_positive: positive_share(pos, h, &offset),
             public_positive: positive_share(neg, h, &offset),
             offset,
+        });
+    }
+    Ok(fits)
+}
+
+/// Mean and second moment (`E[x]`, `E[x xᵀ]`, row-major `h × h`) of `n × h` rows.
+fn moments(x: &[f32], h: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = (x.len() / h.max(1)).max(1) as f64;
+    let mut mean = vec![0f64; h];
+    let mut second = vec![0f64; h * h];
+    for row in x.chunks(h) {
+        let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        for i in 0..h {
+            mean[i] += row[i];
+            let ri = row[i];
+            let out = &mut second[i * h..i * h + i + 1];
+            for (o, rj) in out.iter_mut().zip(&row) {
+                *o += ri * rj;
+            }
+        }
+    }
+    for i in 0..h {
+        mean[i] /= n;
+        for j in 0..=i {
+            let v = second[i * h + j] / n;
+            second[i * h + j] = v;
+            second[j * h + i] = v;
+        }
+    }
+    (mean, second)
+}
+
+/// One layer's Gaussian router offset: `w · x + c` is the log-density ratio of
+/// own text against public text under Gaussians sharing the public covariance.
+#[derive(Clone, Debug)]
+pub struct GaussianFit {
+    /// `w = (Σ_pub + εI)⁻¹ (μ_own − μ_pub)` (plus the absorbed intercept, if asked).
+    pub offset: Vec<f32>,
+    /// The intercept `c = −½ w·(μ_own + μ_pub)` (0 once absorbed into `offset`).
+    pub intercept: f32,
+}
+
+/// Fits, per layer, the linear discriminant of own against public text with the
+/// *public* covariance: every contributor can compute it alone, and because all
+/// of them use the same covariance and the same reference, their scores are
+/// log-density ratios against one common baseline, comparable at merge time.
+/// `ridge` scales the regulariser `ε = ridge · tr(Σ)/h`. With `absorb`, the
+/// intercept (the router has no bias) is folded into the row by least squares:
+/// `δ = c (M + ρI)⁻¹ m` with `M`, `m` the balanced second moment and mean of the
+/// two samples, so that `δ · x ≈ c` on such text.
+pub fn fit_gaussian_offsets(
+    own: &RouterFeatures,
+    public: &RouterFeatures,
+    ridge: f64,
+    absorb: bool,
+) -> Result<Vec<GaussianFit>, ModelError> {
+    same_model(own, public)?;
+    let h = own.hidden;
+    let mut fits = Vec::with_capacity(own.layers.len());
+    for (pos, neg) in own.layers.iter().zip(&public.layers) {
+        let (mu_own, second_own) = moments(pos, h);
+        let (mu_pub, second_pub) = moments(neg, h);
+        let mut cov: Vec<f64> = second_pub.clone();
+        for i in 0..h {
+            for j in 0..h {
+                cov[i * h + j] -= mu_pub[i] * mu_pub[j];
+            }
+        }
+        let trace: f64 = (0..h).map(|i| cov[i * h + i]).sum::<f64>() / h as f64;
+        for i in 0..h {
+            cov[i * h + i] += ridge * trace.max(1e-12);
+        }
+        let mut w: Vec<f64> = mu_own.iter().zip(&mu_pub).map(|(a, b)| a - b).collect();
+        cholesky_solve(&mut cov, &mut w, h)?;
+        let c = -0.5
+            * w.iter()
+                .zip(mu_own.iter().zip(&mu_pub))
+                .map(|(wi, (a, b))| wi * (a + b))
+                .sum::<f64>();
+        let mut intercept = c;
+        if absorb {
+            let mut m2: Vec<f64> = second_own
+                .iter()
+                .zip(&second_pub)
+                .map(|(a, b)| 0.5 * (a + b))
+                .collect();
+            let tr: f64 = (0..h).map(|i| m2[i * h + i]).sum::<f64>() / h as f64;
+            for i in 0..h {
+                m2[i * h + i] += ridge * tr.max(1e-12);
+            }
+            let mut delta: Vec<f64> = mu_own
+                .iter()
+                .zip(&mu_pub)
+                .map(|(a, b)| 0.5 * (a + b) * c)
+                .collect();
+            cholesky_solve(&mut m2, &mut delta, h)?;
+            for (wi, d) in w.iter_mut().zip(&delta) {
+                *wi += d;
+            }
+            intercept = 0.0;
+        }
+        fits.push(GaussianFit {
+            offset: w.iter().map(|&v| v as f32).collect(),
+            intercept: intercept as f32,
         });
     }
     Ok(fits)
@@ -363,6 +473,68 @@ mod tests {
             }
         }
         out
+    }
+
+    /// `n` rows around `mean` with uniform noise and a large shared coordinate 0.
+    fn around(n: usize, mean: &[f32], rng: &mut StdRng) -> RouterFeatures {
+        let h = mean.len() + 1;
+        let mut layer = Vec::with_capacity(n * h);
+        for _ in 0..n {
+            layer.push(20.0 + rng.random_range(-1.0..1.0));
+            layer.extend(mean.iter().map(|m| m + rng.random_range(-1.0..1.0)));
+        }
+        RouterFeatures {
+            hidden: h,
+            rows: n,
+            layers: vec![layer],
+        }
+    }
+
+    #[test]
+    fn gaussian_rows_of_independent_contributors_rank_each_others_text() {
+        // Domain `b` lies further from public text than `a`, along `a`'s own
+        // direction too: a row fitted only to tell `a` from public would claim
+        // `b`'s text. Log-density ratios against one shared public baseline
+        // do not: each contributor's row wins on its own text.
+        let mut rng = StdRng::seed_from_u64(11);
+        let n = 2000;
+        let public = around(n, &[0.0, 0.0, 0.0, 0.0], &mut rng);
+        let a = around(n, &[1.5, 0.0, 0.0, 0.0], &mut rng);
+        let b = around(n, &[1.5, 3.0, 0.0, 0.0], &mut rng);
+        let fit = |own: &RouterFeatures| fit_gaussian_offsets(own, &public, 1e-3, true).unwrap();
+        let (wa, wb) = (fit(&a)[0].offset.clone(), fit(&b)[0].offset.clone());
+        let unfolded = fit_gaussian_offsets(&a, &public, 1e-3, false).unwrap();
+        assert!(unfolded[0].intercept < 0.0, "{}", unfolded[0].intercept);
+        assert_eq!(fit(&a)[0].intercept, 0.0);
+        let h = a.hidden;
+        // Share of rows whose highest score among [public 0, a, b] is `want`.
+        let wins = |x: &RouterFeatures, want: usize| -> f64 {
+            let dot = |r: &[f32], w: &[f32]| r.iter().zip(w).map(|(p, q)| p * q).sum::<f32>();
+            let won = x.layers[0]
+                .chunks(h)
+                .filter(|r| {
+                    let s = [0.0, dot(r, &wa), dot(r, &wb)];
+                    let best = (0..3).max_by(|&i, &j| s[i].total_cmp(&s[j])).unwrap();
+                    best == want
+                })
+                .count();
+            won as f64 / x.rows as f64
+        };
+        assert!(wins(&public, 0) > 0.85, "public {}", wins(&public, 0));
+        assert!(wins(&a, 1) > 0.7, "a {}", wins(&a, 1));
+        assert!(wins(&b, 2) > 0.95, "b {}", wins(&b, 2));
+        // The logistic fit of `a` against public alone scores `b` above `a`.
+        let device = crate::device::device_for("flex").unwrap();
+        let wl = &fit_offsets(&a, &public, 1e-3, 0.0, &device).unwrap()[0].offset;
+        let mean_score = |x: &RouterFeatures, w: &[f32]| -> f32 {
+            x.layers[0]
+                .chunks(h)
+                .map(|r| r.iter().zip(w).map(|(p, q)| p * q).sum::<f32>())
+                .sum::<f32>()
+                / x.rows as f32
+        };
+        assert!(mean_score(&b, wl) >= mean_score(&a, wl) * 0.9);
+        assert!(mean_score(&b, &wa) < mean_score(&b, &wb));
     }
 
     #[test]

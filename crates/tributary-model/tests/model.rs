@@ -16,6 +16,7 @@ use tributary_model::objective::TrainOptions;
 use tributary_model::pretrain::{
     PretrainRun, init_anchor, load_resume, pretrain, set_public_router,
 };
+use tributary_model::router::{fit_gaussian_offsets, router_features};
 use tributary_model::{Checkpoint, ExpertPackage, FlexOlmo, FlexOlmoConfig};
 
 fn tiny_config() -> FlexOlmoConfig {
@@ -73,6 +74,27 @@ fn train(anchor: &Checkpoint, digest: &str, seed: u32, steps: u64) -> ExpertPack
         Some(&held),
         Some(&public),
         &quick_opts(steps),
+        &device(),
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
+/// An expert trained on `data` with `opts`, calibrated against `public`, no held-out text.
+fn train_with(
+    anchor: &Checkpoint,
+    digest: &str,
+    data: &[u32],
+    public: &[u32],
+    opts: &TrainOptions,
+) -> ExpertPackage {
+    train_expert(
+        anchor,
+        digest,
+        data,
+        None,
+        Some(public),
+        opts,
         &device(),
         &mut |_| {},
     )
@@ -415,17 +437,7 @@ fn a_public_loss_keeps_the_expert_from_harming_public_text() {
             public_loss_weight: weight,
             ..quick_opts(30)
         };
-        let expert = train_expert(
-            &anchor,
-            &digest,
-            &data,
-            None,
-            Some(&public),
-            &opts,
-            &device(),
-            &mut |_| {},
-        )
-        .unwrap();
+        let expert = train_with(&anchor, &digest, &data, &public, &opts);
         let merged = merge(&anchor, &digest, std::slice::from_ref(&expert), 2).unwrap();
         let model = FlexOlmo::from_tensors(&merged.config, &merged.tensors, &device()).unwrap();
         evaluate(&model, &public_heldout, 32, 4, &mut |_, _| {})
@@ -438,4 +450,35 @@ fn a_public_loss_keeps_the_expert_from_harming_public_text() {
         with_public < own_only,
         "public perplexity {with_public} with the public loss, {own_only} without"
     );
+}
+
+#[test]
+fn a_gaussian_router_row_is_used_and_can_be_kept_fixed() {
+    let (anchor, digest) = anchor_with_router();
+    let data = stream(2_000, 3);
+    let public = stream(2_000, 1);
+    let opts = TrainOptions {
+        router_gaussian_scale: 0.5,
+        router_lr_scale: 0.0,
+        router_calibration_weight: 0.0,
+        ..quick_opts(5)
+    };
+    let expert = train_with(&anchor, &digest, &data, &public, &opts);
+    let plain = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device()).unwrap();
+    let own = router_features(&plain, &data, 32, opts.calibration_tokens).unwrap();
+    let reference = router_features(&plain, &public, 32, opts.calibration_tokens).unwrap();
+    let fits = fit_gaussian_offsets(&own, &reference, opts.router_l2, true).unwrap();
+    for (l, fit) in fits.iter().enumerate() {
+        let r_pub = &anchor.tensors.get(&names::router(l)).unwrap().data;
+        let row = &expert.tensors.get(&names::package_router(l)).unwrap().data;
+        let norm: f32 = fit.offset.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(norm > 0.0, "layer {l}: empty Gaussian offset");
+        for ((got, base), w) in row.iter().zip(r_pub).zip(&fit.offset) {
+            let want = base + 0.5 * w;
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "layer {l}: row {got}, expected {want}"
+            );
+        }
+    }
 }
