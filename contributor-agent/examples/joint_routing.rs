@@ -12,7 +12,7 @@
 //! text); it measures what routing, rather than the experts, costs.
 //!
 //! ```sh
-//! cargo run --release -p contributor-agent --example joint_routing -- models/anchor data/slices runs/experiment [lda SCALES]
+//! cargo run --release -p contributor-agent --example joint_routing -- models/anchor data/slices runs/experiment [lda SCALES | lda-pooled SCALES | pooled]
 //! ```
 //!
 //! With `lda 0.5,1,2` it instead sets every row to what each contributor could
@@ -20,6 +20,15 @@
 //! the public calibration sample on the *anchor's* router inputs, with the
 //! public covariance ([`fit_gaussian_offsets`], intercept folded into the row),
 //! times each scale, and prints the merged model's perplexities for each.
+//!
+//! With `pooled` the rows are refitted layer by layer as in the joint fit, but
+//! as Gaussian log-density ratios against public text with the pooled
+//! within-class covariance of all domains and public text
+//! ([`fit_gaussian_offsets_with`]): what a coordinator could compute from each
+//! contributor's per-layer mean and covariance of its router inputs, without
+//! any text. `lda-pooled SCALES` is `lda` with that pooled covariance, all on
+//! the anchor's router inputs: statistics a contributor could send with its
+//! expert in one round.
 
 use std::path::PathBuf;
 
@@ -28,7 +37,9 @@ use contributor_agent::assemble::{anchor_digest, load_experts};
 use contributor_agent::commands::load_stream;
 use tributary_model::eval::evaluate;
 use tributary_model::merge::merge;
-use tributary_model::router::{RouterFeatures, fit_gaussian_offsets, fit_offsets, router_features};
+use tributary_model::router::{
+    RouterFeatures, fit_gaussian_offsets, fit_gaussian_offsets_with, fit_offsets, router_features,
+};
 use tributary_model::weights::HostTensor;
 use tributary_model::{Checkpoint, FlexOlmo, names};
 
@@ -55,7 +66,7 @@ fn perplexities(
 }
 
 fn main() -> Result<()> {
-    let usage = "usage: joint_routing ANCHOR SLICES RUN [lda SCALES]";
+    let usage = "usage: joint_routing ANCHOR SLICES RUN [lda SCALES | lda-pooled SCALES | pooled]";
     let args: Vec<String> = std::env::args().collect();
     let anchor_dir = PathBuf::from(args.get(1).context(usage)?);
     let slices = PathBuf::from(args.get(2).context(usage)?);
@@ -102,7 +113,8 @@ fn main() -> Result<()> {
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    if args.get(4).map(String::as_str) == Some("lda") {
+    let mode = args.get(4).map_or("joint", String::as_str);
+    if mode == "lda" || mode == "lda-pooled" {
         let scales: Vec<f32> = args
             .get(5)
             .map_or("1", String::as_str)
@@ -111,11 +123,22 @@ fn main() -> Result<()> {
             .collect::<Result<_, _>>()?;
         let model = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device)?;
         let public_f = router_features(&model, &public, SEQ, TOKENS)?;
-        let fits = train
+        let owns = train
             .iter()
-            .map(|s| {
-                let own = router_features(&model, s, SEQ, TOKENS)?;
-                Ok(fit_gaussian_offsets(&own, &public_f, 1e-2, true)?)
+            .map(|s| Ok(router_features(&model, s, SEQ, TOKENS)?))
+            .collect::<Result<Vec<_>>>()?;
+        let mut spread = public_f.centred();
+        for own in &owns {
+            spread.append(&own.centred());
+        }
+        let fits = owns
+            .iter()
+            .map(|own| {
+                Ok(if mode == "lda-pooled" {
+                    fit_gaussian_offsets_with(own, &public_f, &spread, 1e-2, true)?
+                } else {
+                    fit_gaussian_offsets(own, &public_f, 1e-2, true)?
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         header(&held);
@@ -137,6 +160,7 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
+    let pooled_gaussian = mode == "pooled";
     for l in 0..anchor.config.num_hidden_layers {
         let model = FlexOlmo::from_tensors(&merged.config, &merged.tensors, &device)?;
         let own: Vec<RouterFeatures> = train
@@ -153,14 +177,25 @@ fn main() -> Result<()> {
                     negatives.append(other);
                 }
             }
-            let fit = fit_offsets(f, &negatives, 1e-2, 0.0, &device)?;
-            rows.extend(r_pub.iter().zip(&fit[0].offset).map(|(a, b)| a + b));
-            eprintln!(
-                "layer {l} {}: own {:.1}% positive, others and public {:.1}%",
-                domains[i],
-                100.0 * fit[0].own_positive,
-                100.0 * fit[0].public_positive
-            );
+            let offset = if pooled_gaussian {
+                let mut spread = public_f.centred();
+                for other in &own {
+                    spread.append(&other.centred());
+                }
+                fit_gaussian_offsets_with(f, &public_f, &spread, 1e-2, true)?
+                    .swap_remove(0)
+                    .offset
+            } else {
+                let fit = fit_offsets(f, &negatives, 1e-2, 0.0, &device)?;
+                eprintln!(
+                    "layer {l} {}: own {:.1}% positive, others and public {:.1}%",
+                    domains[i],
+                    100.0 * fit[0].own_positive,
+                    100.0 * fit[0].public_positive
+                );
+                fit[0].offset.clone()
+            };
+            rows.extend(r_pub.iter().zip(&offset).map(|(a, b)| a + b));
         }
         merged.tensors.insert(
             names::router(l),
@@ -170,6 +205,11 @@ fn main() -> Result<()> {
     let after = perplexities(&merged, &device, &held)?;
     header(&held);
     println!("| rows as trained | {} |", row(&before));
-    println!("| rows refitted jointly | {} |", row(&after));
+    let label = if pooled_gaussian {
+        "Gaussian rows, pooled covariance"
+    } else {
+        "rows refitted jointly"
+    };
+    println!("| {label} | {} |", row(&after));
     Ok(())
 }

@@ -50,6 +50,36 @@ impl RouterFeatures {
         }
         self.rows += other.rows;
     }
+
+    /// The same rows with each layer's mean subtracted.
+    pub fn centred(&self) -> RouterFeatures {
+        let h = self.hidden.max(1);
+        let layers = self
+            .layers
+            .iter()
+            .map(|x| {
+                let n = (x.len() / h).max(1) as f64;
+                let mut mean = vec![0f64; h];
+                for row in x.chunks(h) {
+                    for (m, &v) in mean.iter_mut().zip(row) {
+                        *m += f64::from(v) / n;
+                    }
+                }
+                x.chunks(h)
+                    .flat_map(|row| {
+                        row.iter()
+                            .zip(&mean)
+                            .map(|(&v, m)| (f64::from(v) - m) as f32)
+                    })
+                    .collect()
+            })
+            .collect();
+        RouterFeatures {
+            hidden: self.hidden,
+            rows: self.rows,
+            layers,
+        }
+    }
 }
 
 /// Router inputs of `model` over up to `max_tokens` tokens of `stream`, taken as
@@ -277,16 +307,31 @@ pub fn fit_gaussian_offsets(
     ridge: f64,
     absorb: bool,
 ) -> Result<Vec<GaussianFit>, ModelError> {
+    fit_gaussian_offsets_with(own, public, public, ridge, absorb)
+}
+
+/// As [`fit_gaussian_offsets`], with the covariance of `spread` instead of the
+/// public sample's: for instance every class's rows centred on their own mean
+/// ([`RouterFeatures::centred`]), the pooled within-class covariance that a
+/// coordinator could assemble from statistics the contributors share.
+pub fn fit_gaussian_offsets_with(
+    own: &RouterFeatures,
+    public: &RouterFeatures,
+    spread: &RouterFeatures,
+    ridge: f64,
+    absorb: bool,
+) -> Result<Vec<GaussianFit>, ModelError> {
     same_model(own, public)?;
+    same_model(own, spread)?;
     let h = own.hidden;
     let mut fits = Vec::with_capacity(own.layers.len());
-    for (pos, neg) in own.layers.iter().zip(&public.layers) {
+    for ((pos, neg), wide) in own.layers.iter().zip(&public.layers).zip(&spread.layers) {
         let (mu_own, second_own) = moments(pos, h);
         let (mu_pub, second_pub) = moments(neg, h);
-        let mut cov: Vec<f64> = second_pub.clone();
+        let (mu_wide, mut cov) = moments(wide, h);
         for i in 0..h {
             for j in 0..h {
-                cov[i * h + j] -= mu_pub[i] * mu_pub[j];
+                cov[i * h + j] -= mu_wide[i] * mu_wide[j];
             }
         }
         let trace: f64 = (0..h).map(|i| cov[i * h + i]).sum::<f64>() / h as f64;
@@ -535,6 +580,25 @@ mod tests {
         };
         assert!(mean_score(&b, wl) >= mean_score(&a, wl) * 0.9);
         assert!(mean_score(&b, &wa) < mean_score(&b, &wb));
+
+        // Centred rows have mean zero; a pooled within-class covariance (all
+        // three samples centred) gives a row that still ranks `a` first.
+        let centred = a.centred();
+        for j in 0..h {
+            let m: f64 = centred.layers[0]
+                .chunks(h)
+                .map(|r| f64::from(r[j]))
+                .sum::<f64>()
+                / n as f64;
+            assert!(m.abs() < 1e-4, "coordinate {j}: mean {m}");
+        }
+        let mut spread = public.centred();
+        spread.append(&centred);
+        spread.append(&b.centred());
+        let pooled = fit_gaussian_offsets_with(&a, &public, &spread, 1e-3, true).unwrap();
+        assert!(mean_score(&a, &pooled[0].offset) > mean_score(&public, &pooled[0].offset));
+        let same = fit_gaussian_offsets_with(&a, &public, &public, 1e-3, true).unwrap();
+        assert_eq!(same[0].offset, fit(&a)[0].offset);
     }
 
     #[test]
