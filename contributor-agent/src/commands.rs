@@ -66,7 +66,7 @@ pub struct TrainingArgs {
     /// public text (public covariance) times this scale, instead of the
     /// logistic fit (0, the default). Pair with `--router-lr-scale 0
     /// --router-calibration 0` to keep that row fixed (EXPERIMENT.md).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "no_router_calibration")]
     pub router_gaussian: f64,
     /// Weight of a language-modelling loss on the public calibration text,
     /// computed through the two-expert model (a quarter batch per step), so
@@ -456,5 +456,10 @@ mod tests {
         assert_eq!(defaults.training.to_options(0).router_margin, 0.0);
         assert_eq!(defaults.training.to_options(0).public_loss_weight, 1.0);
         assert_eq!(defaults.training.to_options(0).router_gaussian_scale, 0.0);
+        // The Gaussian row is fitted against the public sample: without one it cannot be.
+        assert!(
+            Wrapper::try_parse_from(["x", "--router-gaussian", "1", "--no-router-calibration"])
+                .is_err()
+        );
     }
 }
