@@ -65,6 +65,16 @@ fn perplexities(
         .collect()
 }
 
+/// Every sample centred on its own mean, stacked: their covariance is the
+/// pooled within-class covariance.
+fn pooled_spread(public: &RouterFeatures, owns: &[RouterFeatures]) -> RouterFeatures {
+    let mut spread = public.centred();
+    for own in owns {
+        spread.append(&own.centred());
+    }
+    spread
+}
+
 fn main() -> Result<()> {
     let usage = "usage: joint_routing ANCHOR SLICES RUN [lda SCALES | lda-pooled SCALES | pooled]";
     let args: Vec<String> = std::env::args().collect();
@@ -127,17 +137,13 @@ fn main() -> Result<()> {
             .iter()
             .map(|s| Ok(router_features(&model, s, SEQ, TOKENS)?))
             .collect::<Result<Vec<_>>>()?;
-        let mut spread = public_f.centred();
-        for own in &owns {
-            spread.append(&own.centred());
-        }
+        let spread = (mode == "lda-pooled").then(|| pooled_spread(&public_f, &owns));
         let fits = owns
             .iter()
             .map(|own| {
-                Ok(if mode == "lda-pooled" {
-                    fit_gaussian_offsets_with(own, &public_f, &spread, 1e-2, true)?
-                } else {
-                    fit_gaussian_offsets(own, &public_f, 1e-2, true)?
+                Ok(match &spread {
+                    Some(spread) => fit_gaussian_offsets_with(own, &public_f, spread, 1e-2, true)?,
+                    None => fit_gaussian_offsets(own, &public_f, 1e-2, true)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -168,24 +174,21 @@ fn main() -> Result<()> {
             .map(|s| Ok(layer_only(&router_features(&model, s, SEQ, TOKENS)?, l)))
             .collect::<Result<_>>()?;
         let public_f = layer_only(&router_features(&model, &public, SEQ, TOKENS)?, l);
+        let spread = pooled_gaussian.then(|| pooled_spread(&public_f, &own));
         let r_pub = anchor.tensors.get(&names::router(l))?.data.clone();
         let mut rows = r_pub.clone();
         for (i, f) in own.iter().enumerate() {
-            let mut negatives = public_f.clone();
-            for (j, other) in own.iter().enumerate() {
-                if j != i {
-                    negatives.append(other);
-                }
-            }
-            let offset = if pooled_gaussian {
-                let mut spread = public_f.centred();
-                for other in &own {
-                    spread.append(&other.centred());
-                }
-                fit_gaussian_offsets_with(f, &public_f, &spread, 1e-2, true)?
+            let offset = if let Some(spread) = &spread {
+                fit_gaussian_offsets_with(f, &public_f, spread, 1e-2, true)?
                     .swap_remove(0)
                     .offset
             } else {
+                let mut negatives = public_f.clone();
+                for (j, other) in own.iter().enumerate() {
+                    if j != i {
+                        negatives.append(other);
+                    }
+                }
                 let fit = fit_offsets(f, &negatives, 1e-2, 0.0, &device)?;
                 eprintln!(
                     "layer {l} {}: own {:.1}% positive, others and public {:.1}%",

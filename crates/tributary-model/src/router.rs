@@ -283,6 +283,14 @@ fn moments(x: &[f32], h: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, second)
 }
 
+/// Adds `ridge` times the mean diagonal entry to the diagonal of the `h × h` matrix `m`.
+fn add_ridge(m: &mut [f64], h: usize, ridge: f64) {
+    let mean_diag = (0..h).map(|i| m[i * h + i]).sum::<f64>() / h.max(1) as f64;
+    for i in 0..h {
+        m[i * h + i] += ridge * mean_diag.max(1e-12);
+    }
+}
+
 /// One layer's Gaussian router offset: `w · x + c` is the log-density ratio of
 /// own text against public text under Gaussians sharing the public covariance.
 #[derive(Clone, Debug)]
@@ -328,16 +336,18 @@ pub fn fit_gaussian_offsets_with(
     for ((pos, neg), wide) in own.layers.iter().zip(&public.layers).zip(&spread.layers) {
         let (mu_own, second_own) = moments(pos, h);
         let (mu_pub, second_pub) = moments(neg, h);
-        let (mu_wide, mut cov) = moments(wide, h);
+        // The default spread is the public sample itself: its moments are known.
+        let (mu_wide, mut cov) = if std::ptr::eq(spread, public) {
+            (mu_pub.clone(), second_pub.clone())
+        } else {
+            moments(wide, h)
+        };
         for i in 0..h {
             for j in 0..h {
                 cov[i * h + j] -= mu_wide[i] * mu_wide[j];
             }
         }
-        let trace: f64 = (0..h).map(|i| cov[i * h + i]).sum::<f64>() / h as f64;
-        for i in 0..h {
-            cov[i * h + i] += ridge * trace.max(1e-12);
-        }
+        add_ridge(&mut cov, h, ridge);
         let mut w: Vec<f64> = mu_own.iter().zip(&mu_pub).map(|(a, b)| a - b).collect();
         cholesky_solve(&mut cov, &mut w, h)?;
         let c = -0.5
@@ -352,10 +362,7 @@ pub fn fit_gaussian_offsets_with(
                 .zip(&second_pub)
                 .map(|(a, b)| 0.5 * (a + b))
                 .collect();
-            let tr: f64 = (0..h).map(|i| m2[i * h + i]).sum::<f64>() / h as f64;
-            for i in 0..h {
-                m2[i * h + i] += ridge * tr.max(1e-12);
-            }
+            add_ridge(&mut m2, h, ridge);
             let mut delta: Vec<f64> = mu_own
                 .iter()
                 .zip(&mu_pub)
