@@ -35,8 +35,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use contributor_agent::assemble::{anchor_digest, load_experts};
 use contributor_agent::commands::load_stream;
+use tributary_model::calibrate::{RouterStats, fit_exclusive_offset};
 use tributary_model::eval::evaluate;
-use tributary_model::merge::merge;
+use tributary_model::merge::{merge, select_experts};
 use tributary_model::router::{
     RouterFeatures, fit_gaussian_offsets, fit_gaussian_offsets_with, fit_offsets, router_features,
 };
@@ -163,6 +164,86 @@ fn main() -> Result<()> {
             }
             let p = perplexities(&merged, &device, &held)?;
             println!("| Gaussian rows ×{scale} | {} |", row(&p));
+        }
+        return Ok(());
+    }
+    if mode == "exclusive" {
+        let margins: Vec<f64> = args
+            .get(5)
+            .map_or("8", String::as_str)
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        // Every party's statistics on the stream it would see under ideal
+        // routing: public text under the anchor, each domain under its own
+        // 2-expert model. One round, no merged model needed.
+        let public_s = RouterStats::measure(&anchor, "", 0, &public, SEQ, TOKENS, &device)?;
+        let own_s = experts
+            .iter()
+            .zip(&train)
+            .enumerate()
+            .map(|(i, (e, t))| {
+                let two = merge(&anchor, &digest, std::slice::from_ref(e), 2)?;
+                Ok(RouterStats::measure(
+                    &two,
+                    "",
+                    i + 1,
+                    t,
+                    SEQ,
+                    TOKENS,
+                    &device,
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rows_for = |keep: &[usize], margin: f64| -> Result<Checkpoint> {
+            let mut m = select_experts(&merged, keep, 2)?;
+            for l in 0..anchor.config.num_hidden_layers {
+                let trained = merged.tensors.get(&names::router(l))?.data.clone();
+                let r_pub = trained[..h].to_vec();
+                let mut rows = r_pub.clone();
+                for &k in &keep[1..] {
+                    let a: Vec<f32> = trained[k * h..(k + 1) * h]
+                        .iter()
+                        .zip(&r_pub)
+                        .map(|(r, p)| r - p)
+                        .collect();
+                    let mut others = vec![&public_s.layers[l]];
+                    others.extend(
+                        keep[1..]
+                            .iter()
+                            .filter(|&&j| j != k)
+                            .map(|&j| &own_s[j - 1].layers[l]),
+                    );
+                    let w =
+                        fit_exclusive_offset(&own_s[k - 1].layers[l], &a, &others, margin, 1e-2)?;
+                    rows.extend(r_pub.iter().zip(&w).map(|(p, w)| p + w));
+                }
+                m.tensors.insert(
+                    names::router(l),
+                    HostTensor::new(vec![keep.len(), h], rows)?,
+                );
+            }
+            Ok(m)
+        };
+        header(&held);
+        println!("| rows as trained | {} |", row(&before));
+        let all: Vec<usize> = (0..=domains.len()).collect();
+        for margin in margins {
+            let p = perplexities(&rows_for(&all, margin)?, &device, &held)?;
+            println!("| exclusive rows, margin {margin} | {} |", row(&p));
+            if args.get(6).is_some_and(|a| a == "opt-out") {
+                for (i, d) in domains.iter().enumerate() {
+                    let keep: Vec<usize> = all.iter().copied().filter(|&e| e != i + 1).collect();
+                    let p = perplexities(&rows_for(&keep, margin)?, &device, &held)?;
+                    println!("| … without {d} (refitted) | {} |", row(&p));
+                    let p = perplexities(
+                        &select_experts(&rows_for(&all, margin)?, &keep, 2)?,
+                        &device,
+                        &held,
+                    )?;
+                    println!("| … without {d} (row deleted) | {} |", row(&p));
+                }
+            }
         }
         return Ok(());
     }

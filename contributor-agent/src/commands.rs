@@ -217,7 +217,8 @@ pub struct EvaluateArgs {
     pub backend: BackendArgs,
 }
 
-fn ensure_fresh_dir(out: &Path) -> Result<()> {
+/// Refuses to write over an existing checkpoint or expert package.
+pub fn ensure_fresh_dir(out: &Path) -> Result<()> {
     if out.join("manifest.json").exists() || out.join("model.safetensors").exists() {
         bail!(
             "{} already holds a model or an expert; choose another --out or remove it",

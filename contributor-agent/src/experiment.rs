@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
+use tributary_model::calibrate::{DEFAULT_TOKENS, recalibrate};
 use tributary_model::expert_train::train_expert;
 use tributary_model::merge::{merge, select_experts, soup};
 use tributary_model::{Checkpoint, ExpertPackage};
@@ -50,6 +51,12 @@ pub struct ExperimentArgs {
     /// experts per token, e.g. `1,3,6`; rows `merged-top-k:K` of the tables.
     #[arg(long, value_delimiter = ',')]
     pub sweep_top_k: Vec<usize>,
+    /// Rounds of joint router calibration from statistics (`recalibrate`) for
+    /// the rows `merged-joint` and `merged-joint-without:D` (opt-out then means
+    /// recalibrating without D); default: one per layer, the exact
+    /// layer-by-layer fit; 0 skips them.
+    #[arg(long)]
+    pub joint_rounds: Option<usize>,
     /// Compute backend.
     #[arg(long, default_value = "flex")]
     pub backend: String,
@@ -118,16 +125,18 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
 
     // 1. One expert per domain.
     let mut experts: Vec<ExpertPackage> = Vec::new();
+    let mut train_streams = Vec::new();
     for d in &domains {
         let dir = a.out.join("experts").join(d);
+        let train_docs = text::documents(&[a.slices.join(d).join("train.jsonl")])?;
+        let train = text::stream(&train_docs, &tok)?;
+        train_streams.push(train.clone());
         if a.reuse && dir.join("manifest.json").is_file() {
             experts.push(ExpertPackage::load(&dir)?);
             eprintln!("reusing expert for {d}");
             continue;
         }
-        let train_docs = text::documents(&[a.slices.join(d).join("train.jsonl")])?;
         let held_docs = text::documents(&[heldout(&a.slices, d)])?;
-        let train = text::stream(&train_docs, &tok)?;
         let held = text::stream(&held_docs, &tok)?;
         let opts = a.training.to_options(0);
         let bar = training_bar(opts.steps, d);
@@ -209,9 +218,45 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
         eval(&format!("merged-without:{d}"), &without, &eval_sets)?;
     }
     eval("soup", &soup(&anchor, &digest, &experts)?, &eval_sets)?;
+    let rounds = a.joint_rounds.unwrap_or(anchor.config.num_hidden_layers);
+    let joint = rounds > 0 && calibration.is_some();
+    if let (true, Some(public)) = (joint, calibration.as_deref()) {
+        let joint_model = |keep: &[usize]| -> Result<Checkpoint> {
+            let model = select_experts(&merged, keep, a.top_k)?;
+            let owns: Vec<&[u32]> = keep[1..]
+                .iter()
+                .map(|&e| train_streams[e - 1].as_slice())
+                .collect();
+            let seq = a.training.seq_len;
+            Ok(recalibrate(
+                &model,
+                public,
+                &owns,
+                rounds,
+                seq,
+                DEFAULT_TOKENS,
+                &device,
+                &mut |r| {
+                    eprintln!("joint calibration: round {r} of {rounds}");
+                },
+            )?)
+        };
+        eval("merged-joint", &joint_model(&all)?, &eval_sets)?;
+        for (i, d) in domains.iter().enumerate() {
+            let keep: Vec<usize> = (0..=domains.len()).filter(|&e| e != i + 1).collect();
+            eval(
+                &format!("merged-joint-without:{d}"),
+                &joint_model(&keep)?,
+                &eval_sets,
+            )?;
+        }
+    }
 
     // 3. Targets.
-    let targets = check_targets(&domains, &a.public, &ppl);
+    let mut targets = check_targets(&domains, &a.public, &ppl, "merged");
+    if joint {
+        targets.extend(check_targets(&domains, &a.public, &ppl, "merged-joint"));
+    }
     let results = ExperimentResults {
         domains: domains.clone(),
         eval_sets,
@@ -271,29 +316,37 @@ pub fn check_targets(
     domains: &[String],
     public: &str,
     ppl: &BTreeMap<String, BTreeMap<String, f64>>,
+    merged_name: &str,
 ) -> Vec<Target> {
     let mut t = Vec::new();
+    let tag = if merged_name == "merged" {
+        String::new()
+    } else {
+        format!("[{merged_name}] ")
+    };
     let pct = |x: f64| format!("{:+.1}%", 100.0 * x);
     for d in domains {
         let base = get(ppl, "anchor", d);
         let exp = get(ppl, &format!("expert:{d}"), d);
         let gain = 1.0 - exp / base;
-        t.push(Target {
-            name: format!("expert {d} lowers {d} perplexity by >= 20%"),
-            figure: pct(-gain),
-            ok: gain >= 0.20,
-        });
-        let merged = get(ppl, "merged", d);
+        if tag.is_empty() {
+            t.push(Target {
+                name: format!("expert {d} lowers {d} perplexity by >= 20%"),
+                figure: pct(-gain),
+                ok: gain >= 0.20,
+            });
+        }
+        let merged = get(ppl, merged_name, d);
         let rel = merged / exp - 1.0;
         t.push(Target {
-            name: format!("merged within 5% of expert {d} on {d}"),
+            name: format!("{tag}merged within 5% of expert {d} on {d}"),
             figure: pct(rel),
             ok: rel.abs() <= 0.05 || merged <= exp,
         });
-        let without = get(ppl, &format!("merged-without:{d}"), d);
+        let without = get(ppl, &format!("{merged_name}-without:{d}"), d);
         let back = without / base - 1.0;
         t.push(Target {
-            name: format!("removing {d} returns {d} to within 10% of the anchor"),
+            name: format!("{tag}removing {d} returns {d} to within 10% of the anchor"),
             figure: pct(back),
             ok: back.abs() <= 0.10,
         });
@@ -303,27 +356,28 @@ pub fn check_targets(
             .filter(|o| *o != d)
             .chain(std::iter::once(&public.to_owned()))
         {
-            let moved = get(ppl, &format!("merged-without:{d}"), o) / get(ppl, "merged", o) - 1.0;
+            let moved =
+                get(ppl, &format!("{merged_name}-without:{d}"), o) / get(ppl, merged_name, o) - 1.0;
             if moved.abs() > worst.abs() || moved.is_nan() {
                 worst = moved;
             }
         }
         t.push(Target {
-            name: format!("removing {d} moves every other set by <= 2%"),
+            name: format!("{tag}removing {d} moves every other set by <= 2%"),
             figure: pct(worst),
             ok: worst.abs() <= 0.02,
         });
     }
-    let pub_rel = get(ppl, "merged", public) / get(ppl, "anchor", public) - 1.0;
+    let pub_rel = get(ppl, merged_name, public) / get(ppl, "anchor", public) - 1.0;
     t.push(Target {
-        name: "merged within 2% of the anchor on public text".into(),
+        name: format!("{tag}merged within 2% of the anchor on public text"),
         figure: pct(pub_rel),
         ok: pub_rel.abs() <= 0.02 || pub_rel < 0.0,
     });
     let avg = |m: &str| domains.iter().map(|d| get(ppl, m, d)).sum::<f64>() / domains.len() as f64;
-    let (m, s) = (avg("merged"), avg("soup"));
+    let (m, s) = (avg(merged_name), avg("soup"));
     t.push(Target {
-        name: "merged beats the soup on average domain perplexity".into(),
+        name: format!("{tag}merged beats the soup on average domain perplexity"),
         figure: format!("{m:.2} vs {s:.2}"),
         ok: m < s,
     });
@@ -352,7 +406,13 @@ pub fn markdown(r: &ExperimentResults) -> String {
     order.extend(r.sweep_top_k.iter().map(|k| format!("merged-top-k:{k}")));
     order.extend(r.domains.iter().map(|d| format!("merged-without:{d}")));
     order.push("soup".into());
-    for model in order {
+    order.push("merged-joint".into());
+    order.extend(
+        r.domains
+            .iter()
+            .map(|d| format!("merged-joint-without:{d}")),
+    );
+    for model in order.into_iter().filter(|m| r.perplexity.contains_key(m)) {
         s.push_str(&format!("| {model} |"));
         for set in &r.eval_sets {
             match r.perplexity.get(&model).and_then(|m| m.get(set)) {

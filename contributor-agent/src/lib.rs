@@ -1,6 +1,7 @@
 //! The contributor agent's commands, as a library so that tests drive them directly.
 //!
 //! - [`commands`]: `train`, `merge`, `soup`, `evaluate`.
+//! - [`calibration`]: `router-stats` and `recalibrate`, joint router calibration.
 //! - [`experiment`]: the FlexOlmo comparison across domains.
 //! - [`assemble`]: building the model a command runs (merge in memory, expert subsets).
 //! - [`text`]: reading the owner's files into token streams.
@@ -9,6 +10,7 @@
 //!   versions, download, receipts.
 
 pub mod assemble;
+pub mod calibration;
 pub mod commands;
 pub mod experiment;
 pub mod progress;

@@ -9,6 +9,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use contributor_agent::calibration::{self, RecalibrateArgs, RouterStatsArgs};
 use contributor_agent::commands::{self, EvaluateArgs, MergeArgs, SoupArgs, TrainArgs};
 use contributor_agent::experiment::{self, ExperimentArgs};
 use contributor_agent::remote::cli::{self as remote, RemoteCommand};
@@ -31,6 +32,10 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Average experts' FFNs with the public FFN into a dense model (the "model soup" baseline).
     Soup(SoupArgs),
+    /// Measure your text's router statistics on a merged model (one round of joint calibration).
+    RouterStats(RouterStatsArgs),
+    /// Refit a merged model's router rows from every contributor's router statistics.
+    Recalibrate(RecalibrateArgs),
     /// Reproduce the FlexOlmo comparison on a set of domains (anchor, experts, merge, opt-out, soup).
     Experiment(ExperimentArgs),
     /// Talk to a coordinator (every one of these takes `--url` and `--ca`, or
@@ -46,6 +51,8 @@ fn main() -> Result<()> {
         Command::Merge(a) => commands::merge_cmd(&a),
         Command::Evaluate(a) => commands::evaluate_cmd(&a),
         Command::Soup(a) => commands::soup_cmd(&a),
+        Command::RouterStats(a) => calibration::router_stats(&a),
+        Command::Recalibrate(a) => calibration::recalibrate_cmd(&a),
         Command::Experiment(a) => experiment::run(&a),
         Command::Remote(c) => remote::run(c),
     }

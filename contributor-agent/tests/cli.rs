@@ -50,6 +50,10 @@ fn fails(args: &[&str], needle: &str) {
     );
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -342,6 +346,9 @@ fn the_experiment_writes_every_row_and_checks_the_targets() {
         ("merged-without:code", &["code", "math", "public"][..]),
         ("merged-without:math", &["code", "math", "public"][..]),
         ("soup", &["code", "math", "public"][..]),
+        ("merged-joint", &["code", "math", "public"][..]),
+        ("merged-joint-without:code", &["code", "math", "public"][..]),
+        ("merged-joint-without:math", &["code", "math", "public"][..]),
     ] {
         for set in sets {
             let v = ppl[model][set].as_f64();
@@ -351,8 +358,9 @@ fn the_experiment_writes_every_row_and_checks_the_targets() {
             );
         }
     }
-    // Four targets per domain, then the public one and the soup one.
-    assert_eq!(first["targets"].as_array().unwrap().len(), 10);
+    // Four targets per domain, then the public one and the soup one; for the
+    // jointly calibrated model the same without the experts' own.
+    assert_eq!(first["targets"].as_array().unwrap().len(), 10 + 8);
     // Routing shares of the merged model: public + two experts, summing to one.
     let shares = first["routing"]["code"].as_array().unwrap();
     assert_eq!(shares.len(), 3);
@@ -364,6 +372,7 @@ fn the_experiment_writes_every_row_and_checks_the_targets() {
         "| merged-top-k:1 |",
         "| merged-without:math |",
         "| soup |",
+        "| merged-joint-without:code |",
     ] {
         assert!(md.contains(row), "results.md lacks {row}");
     }
@@ -376,4 +385,152 @@ fn the_experiment_writes_every_row_and_checks_the_targets() {
         &[&base[..], &["--sweep-top-k", "0"]].concat(),
         "at least one expert",
     );
+}
+
+#[test]
+fn a_joint_calibration_round_through_statistics_files() {
+    let (tmp, anchor) = tiny_anchor_in_tmp();
+    let t = tmp.path();
+    let domains = ["code", "math"];
+    for d in domains {
+        let out = t.join(format!("expert-{d}"));
+        ok(&train_args(&anchor, &slice(d), &out, "3", "2", "32"));
+    }
+    let merged = t.join("merged");
+    let (code, math) = (t.join("expert-code"), t.join("expert-math"));
+    ok(&[
+        "merge",
+        "--anchor",
+        p(&anchor),
+        "--expert",
+        p(&code),
+        "--expert",
+        p(&math),
+        "--out",
+        p(&merged),
+    ]);
+    let stats = |model: &Path, own: &Path, d: &str, out: &Path| {
+        ok(&[
+            "router-stats",
+            "--model",
+            p(model),
+            "--own",
+            p(own),
+            "--data",
+            p(&slice(d)),
+            "--out",
+            p(out),
+            "--seq-len",
+            "32",
+            "--tokens",
+            "2048",
+        ]);
+    };
+    let (code_stats, math_stats) = (t.join("code.stats"), t.join("math.stats"));
+    stats(&merged, &code, "code", &code_stats);
+    stats(&merged, &math, "math", &math_stats);
+    let public = anchor.join(tributary_model::router::CALIBRATION_FILE);
+    let recalibrate = |model: &Path, files: &[&Path], out: &Path| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "recalibrate",
+            "--model",
+            p(model),
+            "--public-text",
+            p(&public),
+            "--out",
+            p(out),
+            "--seq-len",
+            "32",
+            "--tokens",
+            "2048",
+            "--stats",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(files.iter().map(|f| p(f).to_owned()));
+        args
+    };
+    let round1 = t.join("round1");
+    ok(&strs(&recalibrate(
+        &merged,
+        &[&code_stats, &math_stats],
+        &round1,
+    )));
+    // Same architecture and experts; only router rows differ, and the model still runs.
+    let config = |dir: &Path| std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert_eq!(config(&round1), config(&merged));
+    assert!(round1.join("tokenizer.json").is_file());
+    let text = slice("literature");
+    let eval = |model: &Path| {
+        perplexity(&ok(&[
+            "evaluate",
+            "--json",
+            "--seq-len",
+            "32",
+            "--model",
+            p(model),
+            "--text",
+            p(&text),
+        ]))
+    };
+    assert!(eval(&round1).is_finite());
+    assert_ne!(
+        std::fs::read(round1.join("model.safetensors")).unwrap(),
+        std::fs::read(merged.join("model.safetensors")).unwrap()
+    );
+
+    // A second round needs statistics measured on the first round's output.
+    fails(
+        &strs(&recalibrate(
+            &round1,
+            &[&code_stats, &math_stats],
+            &t.join("stale"),
+        )),
+        "measured on model",
+    );
+    fails(
+        &strs(&recalibrate(&merged, &[&code_stats], &t.join("partial"))),
+        "no statistics for expert(s) 2",
+    );
+    fails(
+        &strs(&recalibrate(
+            &merged,
+            &[&code_stats, &code_stats],
+            &t.join("twice"),
+        )),
+        "two sets of statistics",
+    );
+    // A package that is not in the model, and a file that is not statistics.
+    let other = t.join("expert-other");
+    ok(&train_args(
+        &anchor,
+        &slice("literature"),
+        &other,
+        "2",
+        "2",
+        "32",
+    ));
+    fails(
+        &[
+            "router-stats",
+            "--model",
+            p(&merged),
+            "--own",
+            p(&other),
+            "--data",
+            p(&slice("literature")),
+            "--out",
+            p(&t.join("x.stats")),
+        ],
+        "is not one of this model's 2 contributed experts",
+    );
+    fails(
+        &strs(&recalibrate(
+            &merged,
+            &[&code_stats, &merged.join("model.safetensors")],
+            &t.join("bad"),
+        )),
+        "kind",
+    );
+    assert!(!t.join("stale").join("model.safetensors").exists());
 }

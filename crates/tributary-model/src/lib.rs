@@ -18,11 +18,13 @@
 //! - [`pretrain`]: anchor pretraining with checkpoint/resume.
 //! - [`expert_train`]: expert training.
 //! - [`router`]: router calibration against public text.
+//! - [`calibrate`]: joint router calibration of a merged model from statistics.
 //! - [`expert`]: expert packages and manifests.
 //! - [`merge`]: merge, expert subsets, model soup.
 //! - [`eval`]: perplexity and routing shares.
 //! - [`device`]: backend selection.
 
+pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
 pub mod device;

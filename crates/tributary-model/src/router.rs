@@ -257,7 +257,7 @@ pub fn fit_offsets(
 }
 
 /// Mean and second moment (`E[x]`, `E[x xᵀ]`, row-major `h × h`) of `n × h` rows.
-fn moments(x: &[f32], h: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn moments(x: &[f32], h: usize) -> (Vec<f64>, Vec<f64>) {
     let n = (x.len() / h.max(1)).max(1) as f64;
     let mut mean = vec![0f64; h];
     let mut second = vec![0f64; h * h];
@@ -284,7 +284,7 @@ fn moments(x: &[f32], h: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// Adds `ridge` times the mean diagonal entry to the diagonal of the `h × h` matrix `m`.
-fn add_ridge(m: &mut [f64], h: usize, ridge: f64) {
+pub(crate) fn add_ridge(m: &mut [f64], h: usize, ridge: f64) {
     let mean_diag = (0..h).map(|i| m[i * h + i]).sum::<f64>() / h.max(1) as f64;
     for i in 0..h {
         m[i * h + i] += ridge * mean_diag.max(1e-12);
@@ -347,39 +347,61 @@ pub fn fit_gaussian_offsets_with(
                 cov[i * h + j] -= mu_wide[i] * mu_wide[j];
             }
         }
-        add_ridge(&mut cov, h, ridge);
-        let mut w: Vec<f64> = mu_own.iter().zip(&mu_pub).map(|(a, b)| a - b).collect();
-        cholesky_solve(&mut cov, &mut w, h)?;
-        let c = -0.5
-            * w.iter()
-                .zip(mu_own.iter().zip(&mu_pub))
-                .map(|(wi, (a, b))| wi * (a + b))
-                .sum::<f64>();
-        let mut intercept = c;
-        if absorb {
-            let mut m2: Vec<f64> = second_own
-                .iter()
-                .zip(&second_pub)
-                .map(|(a, b)| 0.5 * (a + b))
-                .collect();
-            add_ridge(&mut m2, h, ridge);
-            let mut delta: Vec<f64> = mu_own
-                .iter()
-                .zip(&mu_pub)
-                .map(|(a, b)| 0.5 * (a + b) * c)
-                .collect();
-            cholesky_solve(&mut m2, &mut delta, h)?;
-            for (wi, d) in w.iter_mut().zip(&delta) {
-                *wi += d;
-            }
-            intercept = 0.0;
-        }
-        fits.push(GaussianFit {
-            offset: w.iter().map(|&v| v as f32).collect(),
-            intercept: intercept as f32,
-        });
+        fits.push(gaussian_row(
+            (&mu_own, &second_own),
+            (&mu_pub, &second_pub),
+            cov,
+            h,
+            ridge,
+            absorb,
+        )?);
     }
     Ok(fits)
+}
+
+/// The Gaussian log-density-ratio offset of one layer from the moments
+/// (`E[x]`, `E[x xᵀ]`) of own and public router inputs and the covariance
+/// `cov` both classes are assumed to share (`h × h`, row-major, unregularised).
+pub(crate) fn gaussian_row(
+    own: (&[f64], &[f64]),
+    public: (&[f64], &[f64]),
+    mut cov: Vec<f64>,
+    h: usize,
+    ridge: f64,
+    absorb: bool,
+) -> Result<GaussianFit, ModelError> {
+    let ((mu_own, second_own), (mu_pub, second_pub)) = (own, public);
+    add_ridge(&mut cov, h, ridge);
+    let mut w: Vec<f64> = mu_own.iter().zip(mu_pub).map(|(a, b)| a - b).collect();
+    cholesky_solve(&mut cov, &mut w, h)?;
+    let c = -0.5
+        * w.iter()
+            .zip(mu_own.iter().zip(mu_pub))
+            .map(|(wi, (a, b))| wi * (a + b))
+            .sum::<f64>();
+    let mut intercept = c;
+    if absorb {
+        let mut m2: Vec<f64> = second_own
+            .iter()
+            .zip(second_pub)
+            .map(|(a, b)| 0.5 * (a + b))
+            .collect();
+        add_ridge(&mut m2, h, ridge);
+        let mut delta: Vec<f64> = mu_own
+            .iter()
+            .zip(mu_pub)
+            .map(|(a, b)| 0.5 * (a + b) * c)
+            .collect();
+        cholesky_solve(&mut m2, &mut delta, h)?;
+        for (wi, d) in w.iter_mut().zip(&delta) {
+            *wi += d;
+        }
+        intercept = 0.0;
+    }
+    Ok(GaussianFit {
+        offset: w.iter().map(|&v| v as f32).collect(),
+        intercept: intercept as f32,
+    })
 }
 
 fn host_f64(t: Tensor<2>) -> Result<Vec<f64>, ModelError> {
@@ -391,7 +413,7 @@ fn host_f64(t: Tensor<2>) -> Result<Vec<f64>, ModelError> {
 }
 
 /// Solves `a x = b` in place for a symmetric positive-definite `n × n` matrix `a`.
-fn cholesky_solve(a: &mut [f64], b: &mut [f64], n: usize) -> Result<(), ModelError> {
+pub(crate) fn cholesky_solve(a: &mut [f64], b: &mut [f64], n: usize) -> Result<(), ModelError> {
     for j in 0..n {
         let mut d = a[j * n + j];
         for k in 0..j {

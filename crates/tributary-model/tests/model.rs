@@ -482,3 +482,168 @@ fn a_gaussian_router_row_is_used_and_can_be_kept_fixed() {
         }
     }
 }
+
+#[test]
+fn joint_calibration_from_statistics_refits_only_the_contributed_rows() {
+    use tributary_model::calibrate::{DEFAULT_RIDGE, RouterStats, recalibrate, refit_rows};
+    use tributary_model::router::{RouterFeatures, fit_gaussian_offsets_with};
+
+    let (anchor, digest) = anchor_with_router();
+    let texts = [stream(2_000, 3), stream(2_000, 4)];
+    let public = stream(2_000, 1);
+    let experts: Vec<ExpertPackage> = texts
+        .iter()
+        .map(|t| train_with(&anchor, &digest, t, &public, &quick_opts(10)))
+        .collect();
+    let merged = merge(&anchor, &digest, &experts, 2).unwrap();
+    let merged_digest = merged.digest().unwrap();
+    let (seq, tokens) = (32, 1_024);
+
+    // Statistics measured apart, each stored and read back as a contributor would send them.
+    let measure = |expert: usize, text: &[u32]| {
+        let s = RouterStats::measure(
+            &merged,
+            &merged_digest,
+            expert,
+            text,
+            seq,
+            tokens,
+            &device(),
+        )
+        .unwrap();
+        RouterStats::from_bytes(&s.to_bytes().unwrap()).unwrap()
+    };
+    let public_stats = measure(0, &public);
+    let own_stats: Vec<RouterStats> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| measure(i + 1, t))
+        .collect();
+    let refitted = refit_rows(
+        &merged,
+        &merged_digest,
+        &public_stats,
+        &own_stats,
+        DEFAULT_RIDGE,
+    )
+    .unwrap();
+
+    // The same rows as the fit on the raw router inputs with the pooled covariance.
+    let net = FlexOlmo::from_tensors(&merged.config, &merged.tensors, &device()).unwrap();
+    let public_f = router_features(&net, &public, seq, tokens).unwrap();
+    let own_f: Vec<RouterFeatures> = texts
+        .iter()
+        .map(|t| router_features(&net, t, seq, tokens).unwrap())
+        .collect();
+    let mut spread = public_f.centred();
+    for f in &own_f {
+        spread.append(&f.centred());
+    }
+    let h = merged.config.hidden_size;
+    for (i, f) in own_f.iter().enumerate() {
+        let fits = fit_gaussian_offsets_with(f, &public_f, &spread, DEFAULT_RIDGE, true).unwrap();
+        for (l, fit) in fits.iter().enumerate() {
+            let rows = &refitted.tensors.get(&names::router(l)).unwrap().data;
+            let r_pub = &merged.tensors.get(&names::router(l)).unwrap().data[..h];
+            for ((got, base), w) in rows[(i + 1) * h..(i + 2) * h]
+                .iter()
+                .zip(r_pub)
+                .zip(&fit.offset)
+            {
+                let want = base + w;
+                assert!(
+                    (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                    "layer {l} expert {}: {got} vs {want}",
+                    i + 1
+                );
+            }
+        }
+    }
+
+    // Only contributed router rows change: r_pub, FFNs and shared tensors stay bit for bit.
+    for (name, t) in &merged.tensors.0 {
+        let after = refitted.tensors.get(name).unwrap();
+        if name.contains("mlp.gate.") {
+            assert_eq!(after.data[..h], t.data[..h], "{name}: r_pub moved");
+            assert_ne!(after.data[h..], t.data[h..], "{name}: rows not refitted");
+        } else {
+            assert_eq!(after, t, "{name} changed");
+        }
+    }
+
+    // Layer l is exact after l + 1 rounds: one more round after L changes nothing.
+    let layers = merged.config.num_hidden_layers;
+    let owns: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+    let mut rounds = Vec::new();
+    let settled = recalibrate(
+        &merged,
+        &public,
+        &owns,
+        layers,
+        seq,
+        tokens,
+        &device(),
+        &mut |r| {
+            rounds.push(r);
+        },
+    )
+    .unwrap();
+    assert_eq!(rounds, (1..=layers).collect::<Vec<_>>());
+    let again = recalibrate(
+        &settled,
+        &public,
+        &owns,
+        1,
+        seq,
+        tokens,
+        &device(),
+        &mut |_| {},
+    )
+    .unwrap();
+    for l in 0..layers {
+        let (a, b) = (
+            &settled.tensors.get(&names::router(l)).unwrap().data,
+            &again.tensors.get(&names::router(l)).unwrap().data,
+        );
+        assert!(
+            max_abs_diff(a, b) <= 1e-4 * a.iter().fold(1.0f32, |m, v| m.max(v.abs())),
+            "layer {l}"
+        );
+    }
+    // Each contributor's text now goes to its own expert more than to the other's.
+    let model = FlexOlmo::from_tensors(&settled.config, &settled.tensors, &device()).unwrap();
+    for (i, t) in texts.iter().enumerate() {
+        let r = evaluate(&model, &t[..1_024], seq, 4, &mut |_, _| {}).unwrap();
+        let share = |e: usize| r.routing.iter().map(|l| l[e]).sum::<f64>();
+        assert!(
+            share(i + 1) > share(2 - i),
+            "text {i}: routing {:?}",
+            r.routing
+        );
+    }
+
+    // Statistics of another model, or a missing contributor, are refused.
+    let mut stale = own_stats.clone();
+    stale[0].model = digest.clone();
+    let err = refit_rows(
+        &merged,
+        &merged_digest,
+        &public_stats,
+        &stale,
+        DEFAULT_RIDGE,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("measured on model"), "{err}");
+    let err = refit_rows(
+        &merged,
+        &merged_digest,
+        &public_stats,
+        &own_stats[..1],
+        DEFAULT_RIDGE,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("no statistics for expert(s) 2"),
+        "{err}"
+    );
+}

@@ -1,0 +1,534 @@
+//! Joint router calibration from statistics.
+//!
+//! Each contributor's router row is fitted against public text only, on the
+//! anchor's router inputs ([`crate::router`]). Once experts are merged, two
+//! things change that no contributor sees alone: the rows compete with each
+//! other, and every layer after the first receives inputs shaped by the other
+//! experts. Rows fitted jointly on the merged model's own router inputs route
+//! far better (EXPERIMENT.md), but a joint fit on everyone's text is exactly
+//! what FlexOlmo must not need.
+//!
+//! This module does it from statistics. A contributor runs the published
+//! merged model on its own text and returns, per layer, the token count, mean
+//! and second moment of the router inputs ([`RouterStats`]); the coordinator
+//! measures the same on public text. Row `i` then becomes `r_pub + w_i`, the
+//! Gaussian log-density ratio of contributor `i`'s text against public text
+//! under the *pooled* within-class covariance of all of them, its intercept
+//! folded into the row ([`refit_rows`]). The scores of all rows are then
+//! log-density ratios against one baseline under one covariance: comparable.
+//!
+//! One round refits every layer on the inputs of the model the statistics were
+//! measured on. The first layer's inputs do not depend on routing, so it is
+//! exact after one round; layer `l` is exact after `l + 1` rounds (each round
+//! measured on the previous round's output), so `num_hidden_layers` rounds
+//! equal a layer-by-layer refit. [`recalibrate`] runs the rounds in one process
+//! when one party holds all the text (experiments, tests).
+//!
+//! What a contributor discloses: per layer, a mean and a second-moment matrix
+//! of its text's hidden states under the merged model (`hidden × hidden`
+//! values) and a token count — aggregate statistics, no token, no document.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::tensor::Device;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::ModelError;
+use crate::model::FlexOlmo;
+use crate::names;
+use crate::router::{gaussian_row, moments, router_features};
+use crate::weights::{HostTensor, write_atomic};
+
+/// The `kind` recorded in a statistics file.
+pub const STATS_KIND: &str = "tributary-router-stats/1";
+
+/// Tokens each party samples per round by default.
+pub const DEFAULT_TOKENS: usize = 16_384;
+
+/// Regulariser of the covariance and second moment (times their mean diagonal).
+pub const DEFAULT_RIDGE: f64 = 1e-2;
+
+/// One layer's moments of router inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerMoments {
+    /// `E[x]`, `hidden` values.
+    pub mean: Vec<f64>,
+    /// `E[x xᵀ]`, `hidden × hidden`, row-major.
+    pub second: Vec<f64>,
+}
+
+/// Per-layer moments of one text's router inputs under one model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouterStats {
+    /// Residual width.
+    pub hidden: usize,
+    /// Tokens the moments are taken over.
+    pub tokens: u64,
+    /// SHA-256 of the `model.safetensors` of the checkpoint measured.
+    pub model: String,
+    /// The expert whose contributor's text this is (0: public text).
+    pub expert: usize,
+    /// One entry per layer.
+    pub layers: Vec<LayerMoments>,
+}
+
+fn bad(msg: impl Into<String>) -> ModelError {
+    ModelError::Argument(format!("router statistics: {}", msg.into()))
+}
+
+impl RouterStats {
+    /// Runs `ckpt` (whose digest is `model`) over up to `max_tokens` tokens of
+    /// `stream`, in windows of `seq_len`, and takes the moments of every layer's
+    /// router inputs.
+    pub fn measure(
+        ckpt: &Checkpoint,
+        model: &str,
+        expert: usize,
+        stream: &[u32],
+        seq_len: usize,
+        max_tokens: usize,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let net = FlexOlmo::from_tensors(&ckpt.config, &ckpt.tensors, device)?;
+        Self::measure_with(&net, model, expert, stream, seq_len, max_tokens)
+    }
+
+    fn measure_with(
+        net: &FlexOlmo,
+        model: &str,
+        expert: usize,
+        stream: &[u32],
+        seq_len: usize,
+        max_tokens: usize,
+    ) -> Result<Self, ModelError> {
+        let seq_len = seq_len.min(net.config.max_position_embeddings);
+        let f = router_features(net, stream, seq_len, max_tokens)?;
+        let layers = f
+            .layers
+            .iter()
+            .map(|x| {
+                let (mean, second) = moments(x, f.hidden);
+                LayerMoments { mean, second }
+            })
+            .collect();
+        Ok(Self {
+            hidden: f.hidden,
+            tokens: f.rows as u64,
+            model: model.to_owned(),
+            expert,
+            layers,
+        })
+    }
+
+    /// Encodes the statistics as safetensors (`F64` tensors
+    /// `layers.{l}.mean`, `layers.{l}.second`; the rest in the metadata).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        let h = self.hidden;
+        let mut buffers = Vec::with_capacity(2 * self.layers.len());
+        for (l, m) in self.layers.iter().enumerate() {
+            let le = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            buffers.push((format!("layers.{l}.mean"), vec![h], le(&m.mean)));
+            buffers.push((format!("layers.{l}.second"), vec![h, h], le(&m.second)));
+        }
+        let mut views = Vec::with_capacity(buffers.len());
+        for (name, shape, data) in &buffers {
+            let view = TensorView::new(Dtype::F64, shape.clone(), data)
+                .map_err(|e| ModelError::SafeTensors(format!("{name}: {e}")))?;
+            views.push((name.as_str(), view));
+        }
+        let meta = HashMap::from([
+            ("kind".to_owned(), STATS_KIND.to_owned()),
+            ("model".to_owned(), self.model.clone()),
+            ("expert".to_owned(), self.expert.to_string()),
+            ("tokens".to_owned(), self.tokens.to_string()),
+            ("hidden".to_owned(), h.to_string()),
+            ("layers".to_owned(), self.layers.len().to_string()),
+        ]);
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| ModelError::SafeTensors(e.to_string()))
+    }
+
+    /// Parses and checks statistics written by [`RouterStats::to_bytes`]:
+    /// every tensor present with its shape, every value finite, the second
+    /// moment symmetric and at least the outer product of the mean on the diagonal.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| ModelError::SafeTensors(e.to_string()))?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| ModelError::SafeTensors(e.to_string()))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let field = |k: &str| {
+            meta.get(k)
+                .cloned()
+                .ok_or_else(|| bad(format!("metadata has no `{k}`")))
+        };
+        let kind = field("kind")?;
+        if kind != STATS_KIND {
+            return Err(bad(format!("kind `{kind}`, expected `{STATS_KIND}`")));
+        }
+        let number = |k: &str| -> Result<u64, ModelError> {
+            field(k)?
+                .parse()
+                .map_err(|_| bad(format!("`{k}` is not a whole number")))
+        };
+        let (hidden, count) = (number("hidden")? as usize, number("layers")? as usize);
+        let tokens = number("tokens")?;
+        if hidden == 0 || count == 0 || tokens == 0 {
+            return Err(bad(
+                "hidden width, layer count and token count must be positive",
+            ));
+        }
+        if st.len() != 2 * count {
+            return Err(bad(format!(
+                "{} tensors for {count} layers (expected {})",
+                st.len(),
+                2 * count
+            )));
+        }
+        let read = |name: &str, shape: &[usize]| -> Result<Vec<f64>, ModelError> {
+            let view = st
+                .tensor(name)
+                .map_err(|_| bad(format!("tensor `{name}` is missing")))?;
+            if view.dtype() != Dtype::F64 || view.shape() != shape {
+                return Err(bad(format!(
+                    "`{name}` is {:?} {:?}, expected F64 {shape:?}",
+                    view.dtype(),
+                    view.shape()
+                )));
+            }
+            let v: Vec<f64> = view
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(bad(format!("`{name}` holds a non-finite value")));
+            }
+            Ok(v)
+        };
+        let mut layers = Vec::with_capacity(count);
+        for l in 0..count {
+            let mean = read(&format!("layers.{l}.mean"), &[hidden])?;
+            let second = read(&format!("layers.{l}.second"), &[hidden, hidden])?;
+            for i in 0..hidden {
+                if second[i * hidden + i] + 1e-9 * second[i * hidden + i].abs() < mean[i] * mean[i]
+                {
+                    return Err(bad(format!(
+                        "layer {l}: E[x²] below E[x]² in coordinate {i}: not the moments of any sample"
+                    )));
+                }
+                for j in 0..i {
+                    let (a, b) = (second[i * hidden + j], second[j * hidden + i]);
+                    if (a - b).abs() > 1e-9 * a.abs().max(b.abs()).max(1.0) {
+                        return Err(bad(format!("layer {l}: second moment is not symmetric")));
+                    }
+                }
+            }
+            layers.push(LayerMoments { mean, second });
+        }
+        Ok(Self {
+            hidden,
+            tokens,
+            model: field("model")?,
+            expert: number("expert")? as usize,
+            layers,
+        })
+    }
+
+    /// Writes the statistics to `path` (atomically).
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// Reads and checks statistics from `path`.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_bytes(&bytes).map_err(|e| match e {
+            ModelError::Argument(m) | ModelError::SafeTensors(m) => {
+                ModelError::Argument(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        })
+    }
+}
+
+/// The model with the router row of every contributed expert refitted from
+/// statistics: row `s.expert` becomes `r_pub + w`, `w` the Gaussian
+/// log-density ratio of that contributor's text against `public` under the
+/// pooled covariance of all the samples, intercept absorbed. Every statistic
+/// must have been measured on `model` (digest `model_digest`), and every
+/// contributed expert must have exactly one.
+pub fn refit_rows(
+    model: &Checkpoint,
+    model_digest: &str,
+    public: &RouterStats,
+    owns: &[RouterStats],
+    ridge: f64,
+) -> Result<Checkpoint, ModelError> {
+    let cfg = &model.config;
+    let (h, n) = (cfg.hidden_size, cfg.num_experts);
+    for s in owns.iter().chain(std::iter::once(public)) {
+        if s.model != model_digest {
+            return Err(bad(format!(
+                "statistics for expert {} were measured on model {}, not on this model ({})",
+                s.expert,
+                short(&s.model),
+                short(model_digest)
+            )));
+        }
+        if s.hidden != h || s.layers.len() != cfg.num_hidden_layers {
+            return Err(bad(format!(
+                "statistics for expert {} have width {} and {} layers; the model has {h} and {}",
+                s.expert,
+                s.hidden,
+                s.layers.len(),
+                cfg.num_hidden_layers
+            )));
+        }
+    }
+    if public.expert != 0 {
+        return Err(bad("the public statistics must be for expert 0"));
+    }
+    let mut seen = vec![false; n];
+    for s in owns {
+        if s.expert == 0 || s.expert >= n {
+            return Err(bad(format!(
+                "expert {} is not a contributed expert of this model (1..{})",
+                s.expert,
+                n - 1
+            )));
+        }
+        if std::mem::replace(&mut seen[s.expert], true) {
+            return Err(bad(format!(
+                "two sets of statistics for expert {}",
+                s.expert
+            )));
+        }
+    }
+    let missing: Vec<String> = (1..n)
+        .filter(|&e| !seen[e])
+        .map(|e| e.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(format!(
+            "no statistics for expert(s) {}: rows are only comparable when all are refitted together",
+            missing.join(", ")
+        )));
+    }
+    let mut out = model.clone();
+    for l in 0..cfg.num_hidden_layers {
+        // Pooled within-class covariance, weighted by tokens.
+        let mut cov = vec![0f64; h * h];
+        let total: f64 = owns.iter().chain([public]).map(|s| s.tokens as f64).sum();
+        for s in owns.iter().chain([public]) {
+            let m = &s.layers[l];
+            let wgt = s.tokens as f64 / total;
+            for i in 0..h {
+                for j in 0..h {
+                    cov[i * h + j] += wgt * (m.second[i * h + j] - m.mean[i] * m.mean[j]);
+                }
+            }
+        }
+        let router = model.tensors.get(&names::router(l))?;
+        let mut rows = router.data.clone();
+        let r_pub = router.data[..h].to_vec();
+        let p = &public.layers[l];
+        for s in owns {
+            let m = &s.layers[l];
+            let fit = gaussian_row(
+                (&m.mean, &m.second),
+                (&p.mean, &p.second),
+                cov.clone(),
+                h,
+                ridge,
+                true,
+            )
+            .map_err(|e| bad(format!("layer {l}, expert {}: {e}", s.expert)))?;
+            let row = &mut rows[s.expert * h..(s.expert + 1) * h];
+            for ((r, a), w) in row.iter_mut().zip(&r_pub).zip(&fit.offset) {
+                *r = a + w;
+            }
+        }
+        if rows.iter().any(|v| !v.is_finite()) {
+            return Err(bad(format!("layer {l}: the refitted rows are not finite")));
+        }
+        out.tensors
+            .insert(names::router(l), HostTensor::new(vec![n, h], rows)?);
+    }
+    Ok(out)
+}
+
+/// One layer's *exclusive* offset `w` for a contributed row: on the
+/// contributor's own text it keeps the trained offset `a` (`w·x ≈ a·x`, so the
+/// public/own balance the expert was trained with is unchanged), and on every
+/// other party's text it sits `margin` below `r_pub` (`w·x ≈ −margin`). Least
+/// squares over the moments, own text weighted 1 and the others 1 together:
+/// `(M_own + Σ_c M_c/m + ρI) w = M_own a − margin Σ_c μ_c/m`.
+pub fn fit_exclusive_offset(
+    own: &LayerMoments,
+    trained: &[f32],
+    others: &[&LayerMoments],
+    margin: f64,
+    ridge: f64,
+) -> Result<Vec<f32>, ModelError> {
+    let h = own.mean.len();
+    if trained.len() != h || others.iter().any(|o| o.mean.len() != h) {
+        return Err(bad("moments and row of different widths"));
+    }
+    let m = others.len().max(1) as f64;
+    let mut a: Vec<f64> = own.second.clone();
+    let mut b: Vec<f64> = own
+        .second
+        .chunks(h)
+        .map(|row| {
+            row.iter()
+                .zip(trained)
+                .map(|(m, t)| m * f64::from(*t))
+                .sum()
+        })
+        .collect();
+    for o in others {
+        for (x, y) in a.iter_mut().zip(&o.second) {
+            *x += y / m;
+        }
+        for (x, y) in b.iter_mut().zip(&o.mean) {
+            *x -= margin * y / m;
+        }
+    }
+    crate::router::add_ridge(&mut a, h, ridge);
+    crate::router::cholesky_solve(&mut a, &mut b, h)?;
+    Ok(b.iter().map(|&v| v as f32).collect())
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+/// Runs `rounds` rounds of joint calibration in one process: each round
+/// measures the statistics of `public` and of `owns[i]` (the text of expert
+/// `i + 1`) on the current model and refits every row. `on_round` hears the
+/// round just finished.
+#[allow(clippy::too_many_arguments)]
+pub fn recalibrate(
+    model: &Checkpoint,
+    public: &[u32],
+    owns: &[&[u32]],
+    rounds: usize,
+    seq_len: usize,
+    max_tokens: usize,
+    device: &Device,
+    on_round: &mut dyn FnMut(usize),
+) -> Result<Checkpoint, ModelError> {
+    if owns.len() + 1 != model.config.num_experts {
+        return Err(ModelError::Argument(format!(
+            "{} texts for a model with {} contributed experts",
+            owns.len(),
+            model.config.num_experts - 1
+        )));
+    }
+    let mut current = model.clone();
+    for round in 0..rounds {
+        let digest = current.digest()?;
+        let net = FlexOlmo::from_tensors(&current.config, &current.tensors, device)?;
+        let measure = |expert: usize, stream: &[u32]| {
+            RouterStats::measure_with(&net, &digest, expert, stream, seq_len, max_tokens)
+        };
+        let public_stats = measure(0, public)?;
+        let own_stats = owns
+            .iter()
+            .enumerate()
+            .map(|(i, s)| measure(i + 1, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        current = refit_rows(&current, &digest, &public_stats, &own_stats, DEFAULT_RIDGE)?;
+        on_round(round + 1);
+    }
+    Ok(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(hidden: usize, expert: usize, seed: u64) -> RouterStats {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = 64;
+        let x: Vec<f32> = (0..n * hidden)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let (mean, second) = moments(&x, hidden);
+        RouterStats {
+            hidden,
+            tokens: n as u64,
+            model: "m".repeat(64),
+            expert,
+            layers: vec![LayerMoments { mean, second }],
+        }
+    }
+
+    /// Moments of `n` points around `centre` with spread `noise`.
+    fn cluster(centre: &[f32], noise: f32, seed: u64) -> LayerMoments {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let h = centre.len();
+        let x: Vec<f32> = (0..512)
+            .flat_map(|_| centre.to_vec())
+            .map(|c| c + noise * rng.random_range(-1.0f32..1.0))
+            .collect();
+        let (mean, second) = moments(&x, h);
+        LayerMoments { mean, second }
+    }
+
+    #[test]
+    fn an_exclusive_offset_keeps_own_scores_and_pushes_foreign_text_below_the_margin() {
+        let h = 6;
+        let centre = |k: usize| {
+            let mut c = vec![0.2f32; h];
+            c[k] += 1.0;
+            c
+        };
+        let own = cluster(&centre(0), 0.05, 1);
+        let foreign = [cluster(&centre(1), 0.05, 2), cluster(&centre(2), 0.05, 3)];
+        let trained = [0.7f32, 2.0, 1.5, -0.3, 0.1, 0.0];
+        let refs: Vec<&LayerMoments> = foreign.iter().collect();
+        let w = fit_exclusive_offset(&own, &trained, &refs, 8.0, 1e-6).unwrap();
+        let score =
+            |v: &[f64], w: &[f32]| v.iter().zip(w).map(|(a, b)| a * f64::from(*b)).sum::<f64>();
+        // The trained row liked the foreign clusters more than its own text.
+        assert!(score(&foreign[0].mean, &trained) > score(&own.mean, &trained));
+        let (kept, wanted) = (score(&own.mean, &w), score(&own.mean, &trained));
+        assert!(
+            (kept - wanted).abs() < 0.05,
+            "own text scores {kept}, trained {wanted}"
+        );
+        for f in &foreign {
+            let s = score(&f.mean, &w);
+            assert!((s + 8.0).abs() < 0.1, "foreign text scores {s}, wanted -8");
+        }
+        assert!(fit_exclusive_offset(&own, &trained[..3], &refs, 8.0, 1e-6).is_err());
+    }
+
+    #[test]
+    fn statistics_round_trip_and_broken_files_are_refused() {
+        let s = stats(8, 2, 1);
+        let bytes = s.to_bytes().unwrap();
+        assert_eq!(RouterStats::from_bytes(&bytes).unwrap(), s);
+        // Truncated.
+        assert!(RouterStats::from_bytes(&bytes[..bytes.len() - 9]).is_err());
+        // A variance below the squared mean cannot come from any sample.
+        let mut broken = s.clone();
+        broken.layers[0].second[0] = -1.0;
+        let err = RouterStats::from_bytes(&broken.to_bytes().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("E[x²] below E[x]²"), "{err}");
+        let mut nan = s.clone();
+        nan.layers[0].mean[3] = f64::NAN;
+        let err = RouterStats::from_bytes(&nan.to_bytes().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("non-finite"), "{err}");
+        let mut skew = s;
+        skew.layers[0].second[1] += 0.5;
+        let err = RouterStats::from_bytes(&skew.to_bytes().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("not symmetric"), "{err}");
+    }
+}
