@@ -177,16 +177,17 @@ fn main() -> Result<()> {
         // Every party's statistics on the stream it would see under ideal
         // routing: public text under the anchor, each domain under its own
         // 2-expert model. One round, no merged model needed.
-        let public_s = RouterStats::measure(&anchor, "", 0, &public, SEQ, TOKENS, &device)?;
+        let public_s = RouterStats::measure(&anchor, &digest, 0, &public, SEQ, TOKENS, &device)?;
         let own_s = experts
             .iter()
             .zip(&train)
             .enumerate()
             .map(|(i, (e, t))| {
                 let two = merge(&anchor, &digest, std::slice::from_ref(e), 2)?;
+                let d = two.digest()?;
                 Ok(RouterStats::measure(
                     &two,
-                    "",
+                    &d,
                     i + 1,
                     t,
                     SEQ,

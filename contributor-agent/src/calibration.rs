@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use tributary_model::calibrate::{DEFAULT_RIDGE, DEFAULT_TOKENS, RouterStats, refit_rows};
+use tributary_model::calibrate::{
+    DEFAULT_FOLD, DEFAULT_RIDGE, DEFAULT_TOKENS, RouterStats, check_statistics, refit_rows,
+};
 use tributary_model::device::device_for;
 use tributary_model::names::{self, FFN_PROJS};
 use tributary_model::{Checkpoint, ExpertPackage};
@@ -66,7 +68,7 @@ pub struct RecalibrateArgs {
     /// public corpus, such as the anchor's `router-calibration.txt`).
     #[arg(long, required = true, num_args = 1..)]
     pub public_text: Vec<PathBuf>,
-    /// Output checkpoint directory (must not exist or be empty).
+    /// Output checkpoint directory (must not already hold a model).
     #[arg(long)]
     pub out: PathBuf,
     /// Regulariser of the covariances, relative to their mean diagonal.
@@ -137,11 +139,12 @@ pub fn recalibrate_cmd(a: &RecalibrateArgs) -> Result<()> {
         .map(|p| Ok(RouterStats::load(p)?))
         .collect::<Result<Vec<_>>>()?;
     let digest = model.digest()?;
+    check_statistics(&model, &digest, &owns)?;
     let public = load_stream(&a.model, &a.public_text)?;
     let (seq, tokens) = (a.sample.seq_len, a.sample.tokens);
     let device = device_for(&a.sample.backend.backend)?;
     let public_stats = RouterStats::measure(&model, &digest, 0, &public, seq, tokens, &device)?;
-    let out = refit_rows(&model, &digest, &public_stats, &owns, a.ridge)?;
+    let out = refit_rows(&model, &digest, &public_stats, &owns, a.ridge, DEFAULT_FOLD)?;
     out.save(&a.out, Some(&a.model))?;
     eprintln!(
         "wrote {} with the router rows of experts 1..{} refitted jointly (model {})",
@@ -150,8 +153,8 @@ pub fn recalibrate_cmd(a: &RecalibrateArgs) -> Result<()> {
         &out.digest()?[..12]
     );
     eprintln!(
-        "each round makes one more layer exact: run {} rounds in all, each on the previous \
-         round's output, for the layer-by-layer fit",
+        "each round makes one more layer exact: run {} rounds in all for the layer-by-layer \
+         fit, each with every contributor's router-stats measured on the previous round's output",
         model.config.num_hidden_layers
     );
     Ok(())

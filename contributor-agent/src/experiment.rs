@@ -122,6 +122,12 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
     let tok = text::tokenizer(&a.anchor)?;
 
     let calibration = a.training.calibration_stream(&a.anchor, &tok)?;
+    if a.joint_rounds.is_some_and(|r| r > 0) && calibration.is_none() {
+        bail!(
+            "--joint-rounds contrasts every row with public text: it needs the calibration \
+             sample that --no-router-calibration turns off"
+        );
+    }
 
     // 1. One expert per domain.
     let mut experts: Vec<ExpertPackage> = Vec::new();

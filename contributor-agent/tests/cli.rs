@@ -385,6 +385,14 @@ fn the_experiment_writes_every_row_and_checks_the_targets() {
         &[&base[..], &["--sweep-top-k", "0"]].concat(),
         "at least one expert",
     );
+    fails(
+        &[
+            &base[..],
+            &["--joint-rounds", "2", "--no-router-calibration"],
+        ]
+        .concat(),
+        "needs the calibration sample",
+    );
 }
 
 #[test]
@@ -409,8 +417,9 @@ fn a_joint_calibration_round_through_statistics_files() {
         "--out",
         p(&merged),
     ]);
-    let stats = |model: &Path, own: &Path, d: &str, out: &Path| {
-        ok(&[
+    // `router-stats` of `own`'s domain text `d` on `model`, in windows of `seq`.
+    let stats = |model: &Path, own: &Path, d: &str, out: &Path, seq: &str| -> Vec<String> {
+        [
             "router-stats",
             "--model",
             p(model),
@@ -421,14 +430,16 @@ fn a_joint_calibration_round_through_statistics_files() {
             "--out",
             p(out),
             "--seq-len",
-            "32",
+            seq,
             "--tokens",
             "2048",
-        ]);
+        ]
+        .map(str::to_owned)
+        .to_vec()
     };
     let (code_stats, math_stats) = (t.join("code.stats"), t.join("math.stats"));
-    stats(&merged, &code, "code", &code_stats);
-    stats(&merged, &math, "math", &math_stats);
+    ok(&strs(&stats(&merged, &code, "code", &code_stats, "32")));
+    ok(&strs(&stats(&merged, &math, "math", &math_stats, "32")));
     let public = anchor.join(tributary_model::router::CALIBRATION_FILE);
     let recalibrate = |model: &Path, files: &[&Path], out: &Path| -> Vec<String> {
         let mut args: Vec<String> = [
@@ -511,17 +522,13 @@ fn a_joint_calibration_round_through_statistics_files() {
         "32",
     ));
     fails(
-        &[
-            "router-stats",
-            "--model",
-            p(&merged),
-            "--own",
-            p(&other),
-            "--data",
-            p(&slice("literature")),
-            "--out",
-            p(&t.join("x.stats")),
-        ],
+        &strs(&stats(
+            &merged,
+            &other,
+            "literature",
+            &t.join("x.stats"),
+            "32",
+        )),
         "is not one of this model's 2 contributed experts",
     );
     fails(
@@ -533,4 +540,19 @@ fn a_joint_calibration_round_through_statistics_files() {
         "kind",
     );
     assert!(!t.join("stale").join("model.safetensors").exists());
+    // Windows of another length than the public text's, or of no length.
+    let short_windows = t.join("code-16.stats");
+    ok(&strs(&stats(&merged, &code, "code", &short_windows, "16")));
+    fails(
+        &strs(&recalibrate(
+            &merged,
+            &[&short_windows, &math_stats],
+            &t.join("mixed"),
+        )),
+        "windows of 16 tokens, public text in windows of 32",
+    );
+    fails(
+        &strs(&stats(&merged, &code, "code", &t.join("zero.stats"), "0")),
+        "at least 1",
+    );
 }

@@ -15,7 +15,10 @@
 //! Gaussian log-density ratio of contributor `i`'s text against public text
 //! under the *pooled* within-class covariance of all of them, its intercept
 //! folded into the row ([`refit_rows`]). The scores of all rows are then
-//! log-density ratios against one baseline under one covariance: comparable.
+//! log-density ratios against one baseline under one covariance: comparable
+//! (up to the folded intercept, fitted on own and public text only, so only
+//! approximate on a third party's text). Every party weighs the same in the
+//! pooled covariance, whatever token count it claims.
 //!
 //! One round refits every layer on the inputs of the model the statistics were
 //! measured on. The first layer's inputs do not depend on routing, so it is
@@ -27,6 +30,8 @@
 //! What a contributor discloses: per layer, a mean and a second-moment matrix
 //! of its text's hidden states under the merged model (`hidden × hidden`
 //! values) and a token count — aggregate statistics, no token, no document.
+//! At least `hidden` tokens are required; the default samples 16 384. The
+//! fewer the tokens, the more the statistics say about each of them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,7 +43,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::ModelError;
 use crate::model::FlexOlmo;
 use crate::names;
-use crate::router::{gaussian_row, moments, router_features};
+use crate::router::{gaussian_row, mixture, moments, router_features};
 use crate::weights::{HostTensor, write_atomic};
 
 /// The `kind` recorded in a statistics file.
@@ -49,6 +54,19 @@ pub const DEFAULT_TOKENS: usize = 16_384;
 
 /// Regulariser of the covariance and second moment (times their mean diagonal).
 pub const DEFAULT_RIDGE: f64 = 1e-2;
+
+/// The text on which a refitted row's folded intercept is fitted (the router
+/// has no bias, so the Gaussian intercept `c` becomes `δ` with `δ·x ≈ c`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fold {
+    /// The contributor's own text and public text, half each.
+    OwnAndPublic,
+    /// Every party's text, equally weighted: the texts the rows compete on.
+    AllParties,
+}
+
+/// How [`recalibrate`] folds intercepts (measured in EXPERIMENT.md).
+pub const DEFAULT_FOLD: Fold = Fold::AllParties;
 
 /// One layer's moments of router inputs.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +84,9 @@ pub struct RouterStats {
     pub hidden: usize,
     /// Tokens the moments are taken over.
     pub tokens: u64,
+    /// Tokens per window the text was run in (router inputs depend on the
+    /// position in the window, so every party must use the same).
+    pub seq_len: usize,
     /// SHA-256 of the `model.safetensors` of the checkpoint measured.
     pub model: String,
     /// The expert whose contributor's text this is (0: public text).
@@ -113,13 +134,68 @@ impl RouterStats {
                 LayerMoments { mean, second }
             })
             .collect();
-        Ok(Self {
+        let stats = Self {
             hidden: f.hidden,
             tokens: f.rows as u64,
+            seq_len,
             model: model.to_owned(),
             expert,
             layers,
-        })
+        };
+        stats.check()?;
+        Ok(stats)
+    }
+
+    /// Checks what any set of moments must satisfy: a SHA-256 digest for the
+    /// model, at least `hidden` tokens (fewer give a singular covariance and
+    /// reveal more per token), vectors of the stated width, and per layer a
+    /// symmetric second moment with `E[x²] ≥ E[x]²` in every coordinate.
+    pub fn check(&self) -> Result<(), ModelError> {
+        let h = self.hidden;
+        let digest = |d: &str| {
+            d.len() == 64
+                && d.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !digest(&self.model) {
+            return Err(bad(
+                "`model` is not a SHA-256 digest (64 lowercase hex digits)",
+            ));
+        }
+        if h == 0 || self.layers.is_empty() || self.seq_len == 0 {
+            return Err(bad(
+                "hidden width, layer count and window length must be positive",
+            ));
+        }
+        if self.tokens < h as u64 {
+            return Err(bad(format!(
+                "{} tokens for width {h}: at least {h} are needed",
+                self.tokens
+            )));
+        }
+        for (l, m) in self.layers.iter().enumerate() {
+            if m.mean.len() != h || m.second.len() != h * h {
+                return Err(bad(format!("layer {l}: moments are not {h} wide")));
+            }
+            if m.mean.iter().chain(&m.second).any(|x| !x.is_finite()) {
+                return Err(bad(format!("layer {l}: a non-finite value")));
+            }
+            for i in 0..h {
+                let var = m.second[i * h + i];
+                if var + 1e-9 * var.abs() < m.mean[i] * m.mean[i] {
+                    return Err(bad(format!(
+                        "layer {l}: E[x²] below E[x]² in coordinate {i}: not the moments of any sample"
+                    )));
+                }
+                for j in 0..i {
+                    let (a, b) = (m.second[i * h + j], m.second[j * h + i]);
+                    if (a - b).abs() > 1e-9 * a.abs().max(b.abs()).max(1.0) {
+                        return Err(bad(format!("layer {l}: second moment is not symmetric")));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Encodes the statistics as safetensors (`F64` tensors
@@ -143,6 +219,7 @@ impl RouterStats {
             ("model".to_owned(), self.model.clone()),
             ("expert".to_owned(), self.expert.to_string()),
             ("tokens".to_owned(), self.tokens.to_string()),
+            ("seq_len".to_owned(), self.seq_len.to_string()),
             ("hidden".to_owned(), h.to_string()),
             ("layers".to_owned(), self.layers.len().to_string()),
         ]);
@@ -150,9 +227,8 @@ impl RouterStats {
             .map_err(|e| ModelError::SafeTensors(e.to_string()))
     }
 
-    /// Parses and checks statistics written by [`RouterStats::to_bytes`]:
-    /// every tensor present with its shape, every value finite, the second
-    /// moment symmetric and at least the outer product of the mean on the diagonal.
+    /// Parses statistics written by [`RouterStats::to_bytes`]: every tensor
+    /// present as `F64` with its shape, then [`RouterStats::check`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
         let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| ModelError::SafeTensors(e.to_string()))?;
@@ -168,24 +244,14 @@ impl RouterStats {
         if kind != STATS_KIND {
             return Err(bad(format!("kind `{kind}`, expected `{STATS_KIND}`")));
         }
-        let number = |k: &str| -> Result<u64, ModelError> {
+        let number = |k: &str| -> Result<usize, ModelError> {
             field(k)?
                 .parse()
                 .map_err(|_| bad(format!("`{k}` is not a whole number")))
         };
-        let (hidden, count) = (number("hidden")? as usize, number("layers")? as usize);
-        let tokens = number("tokens")?;
-        if hidden == 0 || count == 0 || tokens == 0 {
-            return Err(bad(
-                "hidden width, layer count and token count must be positive",
-            ));
-        }
-        if st.len() != 2 * count {
-            return Err(bad(format!(
-                "{} tensors for {count} layers (expected {})",
-                st.len(),
-                2 * count
-            )));
+        let (hidden, count) = (number("hidden")?, number("layers")?);
+        if st.len() % 2 != 0 || st.len() / 2 != count {
+            return Err(bad(format!("{} tensors for {count} layers", st.len())));
         }
         let read = |name: &str, shape: &[usize]| -> Result<Vec<f64>, ModelError> {
             let view = st
@@ -198,43 +264,28 @@ impl RouterStats {
                     view.shape()
                 )));
             }
-            let v: Vec<f64> = view
+            Ok(view
                 .data()
                 .chunks_exact(8)
                 .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-                .collect();
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(bad(format!("`{name}` holds a non-finite value")));
-            }
-            Ok(v)
+                .collect())
         };
         let mut layers = Vec::with_capacity(count);
         for l in 0..count {
             let mean = read(&format!("layers.{l}.mean"), &[hidden])?;
             let second = read(&format!("layers.{l}.second"), &[hidden, hidden])?;
-            for i in 0..hidden {
-                if second[i * hidden + i] + 1e-9 * second[i * hidden + i].abs() < mean[i] * mean[i]
-                {
-                    return Err(bad(format!(
-                        "layer {l}: E[x²] below E[x]² in coordinate {i}: not the moments of any sample"
-                    )));
-                }
-                for j in 0..i {
-                    let (a, b) = (second[i * hidden + j], second[j * hidden + i]);
-                    if (a - b).abs() > 1e-9 * a.abs().max(b.abs()).max(1.0) {
-                        return Err(bad(format!("layer {l}: second moment is not symmetric")));
-                    }
-                }
-            }
             layers.push(LayerMoments { mean, second });
         }
-        Ok(Self {
+        let stats = Self {
             hidden,
-            tokens,
+            tokens: number("tokens")? as u64,
+            seq_len: number("seq_len")?,
             model: field("model")?,
-            expert: number("expert")? as usize,
+            expert: number("expert")?,
             layers,
-        })
+        };
+        stats.check()?;
+        Ok(stats)
     }
 
     /// Writes the statistics to `path` (atomically).
@@ -266,65 +317,30 @@ pub fn refit_rows(
     public: &RouterStats,
     owns: &[RouterStats],
     ridge: f64,
+    fold: Fold,
 ) -> Result<Checkpoint, ModelError> {
-    let cfg = &model.config;
-    let (h, n) = (cfg.hidden_size, cfg.num_experts);
-    for s in owns.iter().chain(std::iter::once(public)) {
-        if s.model != model_digest {
-            return Err(bad(format!(
-                "statistics for expert {} were measured on model {}, not on this model ({})",
-                s.expert,
-                short(&s.model),
-                short(model_digest)
-            )));
-        }
-        if s.hidden != h || s.layers.len() != cfg.num_hidden_layers {
-            return Err(bad(format!(
-                "statistics for expert {} have width {} and {} layers; the model has {h} and {}",
-                s.expert,
-                s.hidden,
-                s.layers.len(),
-                cfg.num_hidden_layers
-            )));
-        }
-    }
+    check_statistics(model, model_digest, owns)?;
+    check_one(model, model_digest, public)?;
     if public.expert != 0 {
         return Err(bad("the public statistics must be for expert 0"));
     }
-    let mut seen = vec![false; n];
-    for s in owns {
-        if s.expert == 0 || s.expert >= n {
-            return Err(bad(format!(
-                "expert {} is not a contributed expert of this model (1..{})",
-                s.expert,
-                n - 1
-            )));
-        }
-        if std::mem::replace(&mut seen[s.expert], true) {
-            return Err(bad(format!(
-                "two sets of statistics for expert {}",
-                s.expert
-            )));
-        }
-    }
-    let missing: Vec<String> = (1..n)
-        .filter(|&e| !seen[e])
-        .map(|e| e.to_string())
-        .collect();
-    if !missing.is_empty() {
+    if let Some(s) = owns.iter().find(|s| s.seq_len != public.seq_len) {
         return Err(bad(format!(
-            "no statistics for expert(s) {}: rows are only comparable when all are refitted together",
-            missing.join(", ")
+            "expert {} was measured in windows of {} tokens, public text in windows of {}: \
+             router inputs depend on the position in the window, so both must match",
+            s.expert, s.seq_len, public.seq_len
         )));
     }
+    let cfg = &model.config;
+    let (h, n) = (cfg.hidden_size, cfg.num_experts);
     let mut out = model.clone();
     for l in 0..cfg.num_hidden_layers {
-        // Pooled within-class covariance, weighted by tokens.
+        // Pooled within-class covariance, every party weighted equally (a
+        // party cannot pull it towards its own by claiming more tokens).
         let mut cov = vec![0f64; h * h];
-        let total: f64 = owns.iter().chain([public]).map(|s| s.tokens as f64).sum();
+        let wgt = 1.0 / (owns.len() + 1) as f64;
         for s in owns.iter().chain([public]) {
             let m = &s.layers[l];
-            let wgt = s.tokens as f64 / total;
             for i in 0..h {
                 for j in 0..h {
                     cov[i * h + j] += wgt * (m.second[i * h + j] - m.mean[i] * m.mean[j]);
@@ -335,15 +351,26 @@ pub fn refit_rows(
         let mut rows = router.data.clone();
         let r_pub = router.data[..h].to_vec();
         let p = &public.layers[l];
+        let everyone: Vec<(&[f64], &[f64])> = owns
+            .iter()
+            .chain([public])
+            .map(|s| (s.layers[l].mean.as_slice(), s.layers[l].second.as_slice()))
+            .collect();
+        let all = mixture(&everyone);
         for s in owns {
             let m = &s.layers[l];
+            let pair = mixture(&[(&m.mean, &m.second), (&p.mean, &p.second)]);
+            let (mean, second) = match fold {
+                Fold::OwnAndPublic => (&pair.0, &pair.1),
+                Fold::AllParties => (&all.0, &all.1),
+            };
             let fit = gaussian_row(
-                (&m.mean, &m.second),
-                (&p.mean, &p.second),
+                &m.mean,
+                &p.mean,
                 cov.clone(),
                 h,
                 ridge,
-                true,
+                Some((mean, second)),
             )
             .map_err(|e| bad(format!("layer {l}, expert {}: {e}", s.expert)))?;
             let row = &mut rows[s.expert * h..(s.expert + 1) * h];
@@ -374,8 +401,9 @@ pub fn fit_exclusive_offset(
     ridge: f64,
 ) -> Result<Vec<f32>, ModelError> {
     let h = own.mean.len();
-    if trained.len() != h || others.iter().any(|o| o.mean.len() != h) {
-        return Err(bad("moments and row of different widths"));
+    let fits = |m: &LayerMoments| m.mean.len() == h && m.second.len() == h * h;
+    if h == 0 || trained.len() != h || !fits(own) || !others.iter().all(|o| fits(o)) {
+        return Err(bad("moments and row of different (or zero) widths"));
     }
     let m = others.len().max(1) as f64;
     let mut a: Vec<f64> = own.second.clone();
@@ -403,7 +431,76 @@ pub fn fit_exclusive_offset(
 }
 
 fn short(digest: &str) -> &str {
-    &digest[..digest.len().min(12)]
+    digest.get(..12).unwrap_or(digest)
+}
+
+fn check_one(model: &Checkpoint, model_digest: &str, s: &RouterStats) -> Result<(), ModelError> {
+    s.check()?;
+    let cfg = &model.config;
+    if s.model != model_digest {
+        return Err(bad(format!(
+            "statistics for expert {} were measured on model {}, not on this model ({}); \
+             each round's statistics must be measured on that round's model",
+            s.expert,
+            short(&s.model),
+            short(model_digest)
+        )));
+    }
+    if s.hidden != cfg.hidden_size || s.layers.len() != cfg.num_hidden_layers {
+        return Err(bad(format!(
+            "statistics for expert {} have width {} and {} layers; the model has {} and {}",
+            s.expert,
+            s.hidden,
+            s.layers.len(),
+            cfg.hidden_size,
+            cfg.num_hidden_layers
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the contributors' statistics for one round before any work is
+/// done: each well formed and measured on `model` (digest `model_digest`),
+/// and exactly one per contributed expert.
+pub fn check_statistics(
+    model: &Checkpoint,
+    model_digest: &str,
+    owns: &[RouterStats],
+) -> Result<(), ModelError> {
+    let n = model.config.num_experts;
+    if n < 2 {
+        return Err(bad("the model has no contributed expert to recalibrate"));
+    }
+    for s in owns {
+        check_one(model, model_digest, s)?;
+    }
+    let mut seen = vec![false; n];
+    for s in owns {
+        if s.expert == 0 || s.expert >= n {
+            return Err(bad(format!(
+                "expert {} is not a contributed expert of this model (1 to {})",
+                s.expert,
+                n - 1
+            )));
+        }
+        if std::mem::replace(&mut seen[s.expert], true) {
+            return Err(bad(format!(
+                "two sets of statistics for expert {}",
+                s.expert
+            )));
+        }
+    }
+    let missing: Vec<String> = (1..n)
+        .filter(|&e| !seen[e])
+        .map(|e| e.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(format!(
+            "no statistics for expert(s) {}: rows are only comparable when all are refitted together",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Runs `rounds` rounds of joint calibration in one process: each round
@@ -441,7 +538,14 @@ pub fn recalibrate(
             .enumerate()
             .map(|(i, s)| measure(i + 1, s))
             .collect::<Result<Vec<_>, _>>()?;
-        current = refit_rows(&current, &digest, &public_stats, &own_stats, DEFAULT_RIDGE)?;
+        current = refit_rows(
+            &current,
+            &digest,
+            &public_stats,
+            &own_stats,
+            DEFAULT_RIDGE,
+            DEFAULT_FOLD,
+        )?;
         on_round(round + 1);
     }
     Ok(current)
@@ -462,7 +566,8 @@ mod tests {
         RouterStats {
             hidden,
             tokens: n as u64,
-            model: "m".repeat(64),
+            seq_len: 32,
+            model: "ab".repeat(32),
             expert,
             layers: vec![LayerMoments { mean, second }],
         }
@@ -526,9 +631,28 @@ mod tests {
         nan.layers[0].mean[3] = f64::NAN;
         let err = RouterStats::from_bytes(&nan.to_bytes().unwrap()).unwrap_err();
         assert!(err.to_string().contains("non-finite"), "{err}");
-        let mut skew = s;
+        let mut skew = s.clone();
         skew.layers[0].second[1] += 0.5;
         let err = RouterStats::from_bytes(&skew.to_bytes().unwrap()).unwrap_err();
         assert!(err.to_string().contains("not symmetric"), "{err}");
+        // A model that is not a digest (here with a multi-byte character), too
+        // few tokens, a layer count the tensors do not match.
+        let mut forged = s.clone();
+        forged.model = "a€€€€€€€€€€€".into();
+        let err = RouterStats::from_bytes(&forged.to_bytes().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("not a SHA-256 digest"), "{err}");
+        let mut few = s.clone();
+        few.tokens = 3;
+        let err = RouterStats::from_bytes(&few.to_bytes().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("at least 8"), "{err}");
+        let key = b"\"layers\":\"1\"";
+        let at = bytes
+            .windows(key.len())
+            .position(|w| w == key)
+            .expect("the header names the layer count");
+        let mut lying = bytes.clone();
+        lying[at + key.len() - 2] = b'9';
+        let err = RouterStats::from_bytes(&lying).unwrap_err();
+        assert!(err.to_string().contains("2 tensors for 9 layers"), "{err}");
     }
 }

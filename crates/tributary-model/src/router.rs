@@ -90,7 +90,12 @@ pub fn router_features(
     seq_len: usize,
     max_tokens: usize,
 ) -> Result<RouterFeatures, ModelError> {
-    let available = stream.len() / seq_len.max(1);
+    if seq_len == 0 {
+        return Err(ModelError::Argument(
+            "windows of 0 tokens: the sequence length must be at least 1".into(),
+        ));
+    }
+    let available = stream.len() / seq_len;
     let wanted = (max_tokens / seq_len.max(1)).max(1);
     let windows = available.min(wanted);
     if windows == 0 {
@@ -347,14 +352,10 @@ pub fn fit_gaussian_offsets_with(
                 cov[i * h + j] -= mu_wide[i] * mu_wide[j];
             }
         }
-        fits.push(gaussian_row(
-            (&mu_own, &second_own),
-            (&mu_pub, &second_pub),
-            cov,
-            h,
-            ridge,
-            absorb,
-        )?);
+        // Fold the intercept in on the balanced mix of the two samples.
+        let mix = absorb.then(|| mixture(&[(&mu_own, &second_own), (&mu_pub, &second_pub)]));
+        let on = mix.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
+        fits.push(gaussian_row(&mu_own, &mu_pub, cov, h, ridge, on)?);
     }
     Ok(fits)
 }
@@ -362,15 +363,16 @@ pub fn fit_gaussian_offsets_with(
 /// The Gaussian log-density-ratio offset of one layer from the moments
 /// (`E[x]`, `E[x xᵀ]`) of own and public router inputs and the covariance
 /// `cov` both classes are assumed to share (`h × h`, row-major, unregularised).
+/// With `absorb` = the moments of some text, the intercept is folded into the
+/// row by least squares so that the added part scores `≈ c` on that text.
 pub(crate) fn gaussian_row(
-    own: (&[f64], &[f64]),
-    public: (&[f64], &[f64]),
+    mu_own: &[f64],
+    mu_pub: &[f64],
     mut cov: Vec<f64>,
     h: usize,
     ridge: f64,
-    absorb: bool,
+    absorb: Option<(&[f64], &[f64])>,
 ) -> Result<GaussianFit, ModelError> {
-    let ((mu_own, second_own), (mu_pub, second_pub)) = (own, public);
     add_ridge(&mut cov, h, ridge);
     let mut w: Vec<f64> = mu_own.iter().zip(mu_pub).map(|(a, b)| a - b).collect();
     cholesky_solve(&mut cov, &mut w, h)?;
@@ -380,18 +382,10 @@ pub(crate) fn gaussian_row(
             .map(|(wi, (a, b))| wi * (a + b))
             .sum::<f64>();
     let mut intercept = c;
-    if absorb {
-        let mut m2: Vec<f64> = second_own
-            .iter()
-            .zip(second_pub)
-            .map(|(a, b)| 0.5 * (a + b))
-            .collect();
+    if let Some((mean, second)) = absorb {
+        let mut m2 = second.to_vec();
         add_ridge(&mut m2, h, ridge);
-        let mut delta: Vec<f64> = mu_own
-            .iter()
-            .zip(mu_pub)
-            .map(|(a, b)| 0.5 * (a + b) * c)
-            .collect();
+        let mut delta: Vec<f64> = mean.iter().map(|m| m * c).collect();
         cholesky_solve(&mut m2, &mut delta, h)?;
         for (wi, d) in w.iter_mut().zip(&delta) {
             *wi += d;
@@ -402,6 +396,22 @@ pub(crate) fn gaussian_row(
         offset: w.iter().map(|&v| v as f32).collect(),
         intercept: intercept as f32,
     })
+}
+
+/// The equal-weight mixture of moments: its mean and second moment.
+pub(crate) fn mixture(parts: &[(&[f64], &[f64])]) -> (Vec<f64>, Vec<f64>) {
+    let k = parts.len().max(1) as f64;
+    let mut mean = vec![0f64; parts.first().map_or(0, |p| p.0.len())];
+    let mut second = vec![0f64; parts.first().map_or(0, |p| p.1.len())];
+    for (m, s) in parts {
+        for (a, b) in mean.iter_mut().zip(*m) {
+            *a += b / k;
+        }
+        for (a, b) in second.iter_mut().zip(*s) {
+            *a += b / k;
+        }
+    }
+    (mean, second)
 }
 
 fn host_f64(t: Tensor<2>) -> Result<Vec<f64>, ModelError> {

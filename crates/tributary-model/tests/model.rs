@@ -485,7 +485,9 @@ fn a_gaussian_router_row_is_used_and_can_be_kept_fixed() {
 
 #[test]
 fn joint_calibration_from_statistics_refits_only_the_contributed_rows() {
-    use tributary_model::calibrate::{DEFAULT_RIDGE, RouterStats, recalibrate, refit_rows};
+    use tributary_model::calibrate::{
+        DEFAULT_FOLD, DEFAULT_RIDGE, Fold, RouterStats, recalibrate, refit_rows,
+    };
     use tributary_model::router::{RouterFeatures, fit_gaussian_offsets_with};
 
     let (anchor, digest) = anchor_with_router();
@@ -525,6 +527,7 @@ fn joint_calibration_from_statistics_refits_only_the_contributed_rows() {
         &public_stats,
         &own_stats,
         DEFAULT_RIDGE,
+        Fold::OwnAndPublic,
     )
     .unwrap();
 
@@ -631,6 +634,7 @@ fn joint_calibration_from_statistics_refits_only_the_contributed_rows() {
         &public_stats,
         &stale,
         DEFAULT_RIDGE,
+        DEFAULT_FOLD,
     )
     .unwrap_err();
     assert!(err.to_string().contains("measured on model"), "{err}");
@@ -640,6 +644,7 @@ fn joint_calibration_from_statistics_refits_only_the_contributed_rows() {
         &public_stats,
         &own_stats[..1],
         DEFAULT_RIDGE,
+        DEFAULT_FOLD,
     )
     .unwrap_err();
     assert!(
