@@ -47,7 +47,8 @@ pub struct SampleArgs {
     /// Tokens to sample from the text, in whole windows spread over it.
     #[arg(long, default_value_t = DEFAULT_TOKENS)]
     pub tokens: usize,
-    /// Tokens per window (capped at the model's context).
+    /// Tokens per window (capped at the model's context); every party of a
+    /// round must use the same, `recalibrate` refuses a mix.
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
     /// Backend selection.
