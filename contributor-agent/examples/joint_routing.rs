@@ -12,7 +12,7 @@
 //! text); it measures what routing, rather than the experts, costs.
 //!
 //! ```sh
-//! cargo run --release -p contributor-agent --example joint_routing -- models/anchor data/slices runs/experiment [lda SCALES | lda-pooled SCALES | pooled]
+//! cargo run --release -p contributor-agent --example joint_routing -- models/anchor data/slices runs/experiment [lda SCALES | lda-pooled SCALES | pooled | exclusive MARGINS [opt-out]]
 //! ```
 //!
 //! With `lda 0.5,1,2` it instead sets every row to what each contributor could
@@ -29,6 +29,12 @@
 //! any text. `lda-pooled SCALES` is `lda` with that pooled covariance, all on
 //! the anchor's router inputs: statistics a contributor could send with its
 //! expert in one round.
+//!
+//! With `exclusive MARGINS [opt-out]` every row is refitted from statistics
+//! measured on each contributor's own 2-expert model
+//! ([`fit_exclusive_offset`]): keep the trained score on its own text, sit
+//! `margin` below `r_pub` on everyone else's; `opt-out` adds the model without
+//! each expert, rows refitted or the row only deleted.
 
 use std::path::PathBuf;
 
@@ -66,6 +72,18 @@ fn perplexities(
         .collect()
 }
 
+/// A comma-separated list of numbers, `default` when absent.
+fn numbers<T: std::str::FromStr>(arg: Option<&String>, default: &str) -> Result<Vec<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    Ok(arg
+        .map_or(default, String::as_str)
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?)
+}
+
 /// Every sample centred on its own mean, stacked: their covariance is the
 /// pooled within-class covariance.
 fn pooled_spread(public: &RouterFeatures, owns: &[RouterFeatures]) -> RouterFeatures {
@@ -77,7 +95,7 @@ fn pooled_spread(public: &RouterFeatures, owns: &[RouterFeatures]) -> RouterFeat
 }
 
 fn main() -> Result<()> {
-    let usage = "usage: joint_routing ANCHOR SLICES RUN [lda SCALES | lda-pooled SCALES | pooled]";
+    let usage = "usage: joint_routing ANCHOR SLICES RUN [lda SCALES | lda-pooled SCALES | pooled | exclusive MARGINS [opt-out]]";
     let args: Vec<String> = std::env::args().collect();
     let anchor_dir = PathBuf::from(args.get(1).context(usage)?);
     let slices = PathBuf::from(args.get(2).context(usage)?);
@@ -126,12 +144,7 @@ fn main() -> Result<()> {
     };
     let mode = args.get(4).map_or("joint", String::as_str);
     if mode == "lda" || mode == "lda-pooled" {
-        let scales: Vec<f32> = args
-            .get(5)
-            .map_or("1", String::as_str)
-            .split(',')
-            .map(str::parse)
-            .collect::<Result<_, _>>()?;
+        let scales: Vec<f32> = numbers(args.get(5), "1")?;
         let model = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device)?;
         let public_f = router_features(&model, &public, SEQ, TOKENS)?;
         let owns = train
@@ -168,12 +181,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     if mode == "exclusive" {
-        let margins: Vec<f64> = args
-            .get(5)
-            .map_or("8", String::as_str)
-            .split(',')
-            .map(str::parse)
-            .collect::<Result<_, _>>()?;
+        let margins: Vec<f64> = numbers(args.get(5), "8")?;
         // Every party's statistics on the stream it would see under ideal
         // routing: public text under the anchor, each domain under its own
         // 2-expert model. One round, no merged model needed.
@@ -230,18 +238,15 @@ fn main() -> Result<()> {
         println!("| rows as trained | {} |", row(&before));
         let all: Vec<usize> = (0..=domains.len()).collect();
         for margin in margins {
-            let p = perplexities(&rows_for(&all, margin)?, &device, &held)?;
+            let refitted = rows_for(&all, margin)?;
+            let p = perplexities(&refitted, &device, &held)?;
             println!("| exclusive rows, margin {margin} | {} |", row(&p));
             if args.get(6).is_some_and(|a| a == "opt-out") {
                 for (i, d) in domains.iter().enumerate() {
                     let keep: Vec<usize> = all.iter().copied().filter(|&e| e != i + 1).collect();
                     let p = perplexities(&rows_for(&keep, margin)?, &device, &held)?;
                     println!("| … without {d} (refitted) | {} |", row(&p));
-                    let p = perplexities(
-                        &select_experts(&rows_for(&all, margin)?, &keep, 2)?,
-                        &device,
-                        &held,
-                    )?;
+                    let p = perplexities(&select_experts(&refitted, &keep, 2)?, &device, &held)?;
                     println!("| … without {d} (row deleted) | {} |", row(&p));
                 }
             }

@@ -14,11 +14,11 @@
 //! measures the same on public text. Row `i` then becomes `r_pub + w_i`, the
 //! Gaussian log-density ratio of contributor `i`'s text against public text
 //! under the *pooled* within-class covariance of all of them, its intercept
-//! folded into the row ([`refit_rows`]). The scores of all rows are then
-//! log-density ratios against one baseline under one covariance: comparable
-//! (up to the folded intercept, fitted on own and public text only, so only
-//! approximate on a third party's text). Every party weighs the same in the
-//! pooled covariance, whatever token count it claims.
+//! folded into the row by least squares on every party's text ([`refit_rows`],
+//! [`Fold`]). The scores of all rows are then log-density ratios against one
+//! baseline under one covariance: comparable (up to that least-squares fold).
+//! Every party weighs the same in the pooled covariance, whatever token count
+//! it claims.
 //!
 //! One round refits every layer on the inputs of the model the statistics were
 //! measured on. The first layer's inputs do not depend on routing, so it is
@@ -43,7 +43,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::ModelError;
 use crate::model::FlexOlmo;
 use crate::names;
-use crate::router::{gaussian_row, mixture, moments, router_features};
+use crate::router::{add_ridge, cholesky_solve, gaussian_row, mixture, moments, router_features};
 use crate::weights::{HostTensor, write_atomic};
 
 /// The `kind` recorded in a statistics file.
@@ -335,15 +335,22 @@ pub fn refit_rows(
     let (h, n) = (cfg.hidden_size, cfg.num_experts);
     let mut out = model.clone();
     for l in 0..cfg.num_hidden_layers {
-        // Pooled within-class covariance, every party weighted equally (a
-        // party cannot pull it towards its own by claiming more tokens).
-        let mut cov = vec![0f64; h * h];
-        let wgt = 1.0 / (owns.len() + 1) as f64;
-        for s in owns.iter().chain([public]) {
-            let m = &s.layers[l];
+        // Every party weighted equally (a party cannot pull the fit towards
+        // its own text by claiming more tokens). The pooled within-class
+        // covariance is the mixture's second moment less the mean of the
+        // parties' `μ μᵀ`.
+        let everyone: Vec<(&[f64], &[f64])> = owns
+            .iter()
+            .chain([public])
+            .map(|s| (s.layers[l].mean.as_slice(), s.layers[l].second.as_slice()))
+            .collect();
+        let all = mixture(&everyone);
+        let mut cov = all.1.clone();
+        let wgt = 1.0 / everyone.len() as f64;
+        for (mean, _) in &everyone {
             for i in 0..h {
                 for j in 0..h {
-                    cov[i * h + j] += wgt * (m.second[i * h + j] - m.mean[i] * m.mean[j]);
+                    cov[i * h + j] -= wgt * mean[i] * mean[j];
                 }
             }
         }
@@ -351,17 +358,14 @@ pub fn refit_rows(
         let mut rows = router.data.clone();
         let r_pub = router.data[..h].to_vec();
         let p = &public.layers[l];
-        let everyone: Vec<(&[f64], &[f64])> = owns
-            .iter()
-            .chain([public])
-            .map(|s| (s.layers[l].mean.as_slice(), s.layers[l].second.as_slice()))
-            .collect();
-        let all = mixture(&everyone);
         for s in owns {
             let m = &s.layers[l];
-            let pair = mixture(&[(&m.mean, &m.second), (&p.mean, &p.second)]);
+            let pair;
             let (mean, second) = match fold {
-                Fold::OwnAndPublic => (&pair.0, &pair.1),
+                Fold::OwnAndPublic => {
+                    pair = mixture(&[(&m.mean, &m.second), (&p.mean, &p.second)]);
+                    (&pair.0, &pair.1)
+                }
                 Fold::AllParties => (&all.0, &all.1),
             };
             let fit = gaussian_row(
@@ -425,8 +429,8 @@ pub fn fit_exclusive_offset(
             *x -= margin * y / m;
         }
     }
-    crate::router::add_ridge(&mut a, h, ridge);
-    crate::router::cholesky_solve(&mut a, &mut b, h)?;
+    add_ridge(&mut a, h, ridge);
+    cholesky_solve(&mut a, &mut b, h)?;
     Ok(b.iter().map(|&v| v as f32).collect())
 }
 

@@ -96,7 +96,7 @@ pub fn router_features(
         ));
     }
     let available = stream.len() / seq_len;
-    let wanted = (max_tokens / seq_len.max(1)).max(1);
+    let wanted = (max_tokens / seq_len).max(1);
     let windows = available.min(wanted);
     if windows == 0 {
         return Err(ModelError::Argument(format!(
