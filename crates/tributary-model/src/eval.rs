@@ -6,12 +6,10 @@
 //! at 0, so every token but the first is scored exactly once. A final shorter
 //! window (at least two tokens) is scored too.
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::error::ModelError;
-use crate::model::{FlexOlmo, Trace, to_host};
+use crate::model::{FlexOlmo, Trace};
 use crate::objective::inputs_and_targets;
 
 /// Result of an evaluation.
@@ -56,10 +54,8 @@ pub fn next_token_logprobs(
     }
     let (inputs, targets) = inputs_and_targets(tokens, batch);
     let logits = model.logits(&inputs, batch, trace)?;
-    let n = targets.len();
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device());
-    let picked = to_host(log_softmax(logits, 1).gather(1, idx));
-    Ok(picked.data.iter().map(|&v| f64::from(v)).collect())
+    let picked = crate::fused::target_log_probs(logits, &targets);
+    Ok(picked.into_iter().map(f64::from).collect())
 }
 
 /// Evaluates `model` on `stream`, batching `batch_size` windows at a time;

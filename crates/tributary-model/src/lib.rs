@@ -32,6 +32,7 @@ pub mod error;
 pub mod eval;
 pub mod expert;
 pub mod expert_train;
+pub mod fused;
 pub mod merge;
 pub mod model;
 pub mod names;

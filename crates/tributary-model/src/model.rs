@@ -10,9 +10,7 @@
 //! `[in, out]`, q/k/v fused into one matrix, gate/up fused into one matrix), so a
 //! layer costs three matrix products for attention and two per active expert.
 
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::config::FlexOlmoConfig;
@@ -32,11 +30,7 @@ pub struct Ffn {
 impl Ffn {
     /// Applies the expert to rows of `x` (`[n, hidden]`).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let inter = self.down.dims()[0];
-        let gu = x.matmul(self.gate_up.clone());
-        let gate = gu.clone().narrow(1, 0, inter);
-        let up = gu.narrow(1, inter, inter);
-        (silu(gate) * up).matmul(self.down.clone())
+        crate::fused::swiglu(x.matmul(self.gate_up.clone())).matmul(self.down.clone())
     }
 }
 
@@ -118,15 +112,7 @@ impl Rope {
 
 /// RMSNorm over the last dimension of `[n, d]` rows.
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
-    let d = weight.dims()[0];
-    let inv = x
-        .clone()
-        .square()
-        .mean_dim(1)
-        .add_scalar(eps)
-        .sqrt()
-        .recip();
-    x * inv * weight.clone().reshape([1, d])
+    crate::fused::rms_norm(x, weight, eps)
 }
 
 /// What a forward pass should record besides its output.
@@ -367,13 +353,13 @@ impl FlexOlmo {
             k = widen(k);
             v = widen(v);
         }
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
-        };
-        let y = attention(q, k, v, None, None, options);
-        y.swap_dims(1, 2)
+        // softmax(q·kᵀ / sqrt(head_dim)) · v with future keys masked; the softmax
+        // is one fused pass (see `crate::fused`).
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let probs = crate::fused::causal_softmax(scores, 1.0 / (hd as f32).sqrt());
+        probs
+            .matmul(v)
+            .swap_dims(1, 2)
             .reshape([batch * seq, nh * hd])
             .matmul(attn.out.clone())
     }

@@ -1,8 +1,7 @@
 //! Training batches and the training objective: next-token cross-entropy plus the
 //! router z-loss.
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -125,13 +124,13 @@ pub fn sample_batch(
 }
 
 /// Splits `batch` windows of `seq + 1` tokens into inputs and next-token targets.
-pub fn inputs_and_targets(windows: &[u32], batch: usize) -> (Vec<u32>, Vec<i64>) {
+pub fn inputs_and_targets(windows: &[u32], batch: usize) -> (Vec<u32>, Vec<u32>) {
     let w = windows.len() / batch;
     let mut inputs = Vec::with_capacity(batch * (w - 1));
     let mut targets = Vec::with_capacity(batch * (w - 1));
     for row in windows.chunks(w) {
         inputs.extend_from_slice(&row[..w - 1]);
-        targets.extend(row[1..].iter().map(|&t| i64::from(t)));
+        targets.extend_from_slice(&row[1..]);
     }
     (inputs, targets)
 }
@@ -166,9 +165,7 @@ pub fn lm_loss_traced(
 ) -> Result<Tensor<1>, ModelError> {
     let (inputs, targets) = inputs_and_targets(windows, batch);
     let logits = model.logits(&inputs, batch, trace)?;
-    let n = targets.len();
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &model.device());
-    Ok(log_softmax(logits, 1).gather(1, idx).mean().neg())
+    Ok(crate::fused::cross_entropy(logits, &targets))
 }
 
 /// The router z-loss of recorded router logits: mean over tokens of

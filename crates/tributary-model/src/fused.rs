@@ -1,0 +1,817 @@
+//! Fused CPU kernels, with hand-written backward passes, for the element-wise
+//! chains that dominate a training step on the `flex` backend.
+//!
+//! Composed from burn's tensor operations, a cross-entropy over the vocabulary,
+//! a causal softmax over attention scores, a SwiGLU activation or an RMSNorm is
+//! five to ten separate passes over memory forward and as many backward, each
+//! into a freshly allocated buffer. Each function here computes its result in
+//! one or two passes over rows that stay in cache, records one backward step
+//! with the autodiff graph, and computes its gradient in one pass as well.
+//!
+//! Every function takes and returns ordinary [`Tensor`]s. When the input lives
+//! on the `flex` backend (with or without autodiff) the fused kernel runs;
+//! on any other backend (`cuda`, `tch`) the same maths runs as composed tensor
+//! operations, so results agree everywhere up to rounding. Tests compare both
+//! paths, values and gradients.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+type Ad = Autodiff<Flex, NoCheckpointing>;
+type AdTensor = <Ad as burn::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// Rows handed to one rayon task: enough work to amortise scheduling.
+fn rows_per_task(row_len: usize) -> usize {
+    (16_384 / row_len.max(1)).max(1)
+}
+
+/// Where a float tensor lives, as far as the fused kernels care.
+enum Host<const D: usize> {
+    /// On `flex` under autodiff.
+    Tracked(AdTensor),
+    /// On `flex` without autodiff.
+    Plain(FlexTensor),
+    /// Elsewhere: use the composed fallback.
+    Other(Tensor<D>),
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Host<D> {
+    if let Ok(p) = t.clone().try_into_primitive::<Ad>() {
+        return Host::Tracked(p);
+    }
+    if let Ok(p) = t.clone().try_into_primitive::<Flex>() {
+        return Host::Plain(p);
+    }
+    Host::Other(t)
+}
+
+/// The contiguous `f32` values of a flex tensor (copying only when its layout needs it).
+fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .map(<[f32]>::to_vec)
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape.to_vec()))
+}
+
+fn wrap<const D: usize>(t: AdTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Ad>(t)
+}
+
+fn wrap_plain<const D: usize>(t: FlexTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(t)
+}
+
+// ---------------------------------------------------------------------------
+// Cross-entropy over the vocabulary
+// ---------------------------------------------------------------------------
+
+/// Mean next-token cross-entropy of `logits` (`[n, vocab]`) against `targets`
+/// (`n` ids below `vocab`), as a one-element tensor.
+///
+/// The fused kernel computes, per row, the log-sum-exp and the loss, and (when
+/// gradients are tracked) the gradient `(softmax - onehot) / n` in the same pass,
+/// so the backward step only scales it.
+///
+/// # Panics
+/// If `targets.len()` differs from the number of rows or a target is out of range
+/// (callers check token ids when they build the batch).
+pub fn cross_entropy(logits: Tensor<2>, targets: &[u32]) -> Tensor<1> {
+    let [n, v] = logits.dims();
+    assert_eq!(n, targets.len(), "one target per logit row");
+    assert!(
+        targets.iter().all(|&t| (t as usize) < v),
+        "target outside the vocabulary of {v}"
+    );
+    match host(logits) {
+        Host::Tracked(ad) => {
+            match CrossEntropyBackward
+                .prepare::<NoCheckpointing>([ad.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let x = values(ad.primitive());
+                    let (loss, grad) = cross_entropy_rows(&x, v, targets, true);
+                    let grad = flex(grad, &[n, v]);
+                    wrap(prep.finish(grad, flex(vec![loss], &[1])))
+                }
+                OpsKind::UnTracked(prep) => {
+                    let x = values(ad.primitive());
+                    let (loss, _) = cross_entropy_rows(&x, v, targets, false);
+                    wrap(prep.finish(flex(vec![loss], &[1])))
+                }
+            }
+        }
+        Host::Plain(p) => {
+            let (loss, _) = cross_entropy_rows(&values(&p), v, targets, false);
+            wrap_plain(flex(vec![loss], &[1]))
+        }
+        Host::Other(t) => composed_cross_entropy(t, targets),
+    }
+}
+
+/// [`cross_entropy`] as composed tensor operations.
+fn composed_cross_entropy(logits: Tensor<2>, targets: &[u32]) -> Tensor<1> {
+    let n = targets.len();
+    let ids: Vec<i64> = targets.iter().map(|&x| i64::from(x)).collect();
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &logits.device());
+    log_softmax(logits, 1).gather(1, idx).mean().neg()
+}
+
+/// Mean loss over rows and, when asked, `(softmax - onehot) / n`.
+fn cross_entropy_rows(x: &[f32], v: usize, targets: &[u32], want_grad: bool) -> (f32, Vec<f32>) {
+    let n = targets.len();
+    let inv_n = 1.0 / n as f32;
+    let chunk = rows_per_task(v);
+    let row_loss = |row: &[f32], t: usize, out: Option<&mut [f32]>| -> f64 {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        match out {
+            Some(g) => {
+                let mut sum = 0f32;
+                for (o, &a) in g.iter_mut().zip(row) {
+                    let e = (a - max).exp();
+                    *o = e;
+                    sum += e;
+                }
+                let scale = inv_n / sum;
+                for o in g.iter_mut() {
+                    *o *= scale;
+                }
+                g[t] -= inv_n;
+                f64::from(sum.ln() + max - row[t])
+            }
+            None => f64::from(row_nll(row, t)),
+        }
+    };
+    if want_grad {
+        let mut grad = vec![0f32; n * v];
+        let partial: Vec<f64> = grad
+            .par_chunks_mut(v * chunk)
+            .zip(x.par_chunks(v * chunk))
+            .zip(targets.par_chunks(chunk))
+            .map(|((g, rows), ts)| {
+                g.chunks_mut(v)
+                    .zip(rows.chunks(v))
+                    .zip(ts)
+                    .map(|((g, row), &t)| row_loss(row, t as usize, Some(g)))
+                    .sum::<f64>()
+            })
+            .collect();
+        // Summed in chunk order, so the loss does not depend on thread scheduling.
+        ((partial.iter().sum::<f64>() / n as f64) as f32, grad)
+    } else {
+        let partial: Vec<f64> = x
+            .par_chunks(v * chunk)
+            .zip(targets.par_chunks(chunk))
+            .map(|(rows, ts)| {
+                rows.chunks(v)
+                    .zip(ts)
+                    .map(|(row, &t)| row_loss(row, t as usize, None))
+                    .sum::<f64>()
+            })
+            .collect();
+        ((partial.iter().sum::<f64>() / n as f64) as f32, Vec::new())
+    }
+}
+
+/// `logsumexp(row) - row[t]`: one row's negative log-likelihood of target `t`.
+fn row_nll(row: &[f32], t: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|&a| (a - max).exp()).sum();
+    sum.ln() + max - row[t]
+}
+
+/// Log-probability of each row's target under `softmax(logits)` (`[n, vocab]`
+/// logits, `n` targets below `vocab`): what evaluation scores, without a
+/// gradient. On `flex` one pass per row; elsewhere log-softmax and gather.
+///
+/// # Panics
+/// As [`cross_entropy`].
+pub fn target_log_probs(logits: Tensor<2>, targets: &[u32]) -> Vec<f32> {
+    let [n, v] = logits.dims();
+    assert_eq!(n, targets.len(), "one target per logit row");
+    assert!(
+        targets.iter().all(|&t| (t as usize) < v),
+        "target outside the vocabulary of {v}"
+    );
+    let rows = |x: &[f32]| -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        let chunk = rows_per_task(v);
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(v * chunk))
+            .zip(targets.par_chunks(chunk))
+            .for_each(|((o, rows), ts)| {
+                for ((o, row), &t) in o.iter_mut().zip(rows.chunks(v)).zip(ts) {
+                    *o = -row_nll(row, t as usize);
+                }
+            });
+        out
+    };
+    match host(logits) {
+        Host::Tracked(ad) => rows(&values(ad.primitive())),
+        Host::Plain(p) => rows(&values(&p)),
+        Host::Other(t) => {
+            let ids: Vec<i64> = targets.iter().map(|&x| i64::from(x)).collect();
+            let idx = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &t.device());
+            log_softmax(t, 1)
+                .gather(1, idx)
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap_or_default()
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+impl Backward<Flex, 1> for CrossEntropyBackward {
+    /// `(softmax - onehot) / n`, computed in the forward pass.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let g = grads.consume::<Flex>(&ops.node);
+        let Some(parent) = parent else { return };
+        let scale = values(&g).first().copied().unwrap_or(1.0);
+        let mut grad = ops.state;
+        if scale != 1.0 {
+            for x in grad.storage_mut::<f32>() {
+                *x *= scale;
+            }
+        }
+        grads.register::<Flex>(parent.id, grad);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Causal softmax of attention scores
+// ---------------------------------------------------------------------------
+
+/// `softmax(scale · scores)` over the last dimension of `[batch, heads, t, t]`
+/// scores, with every key after the query masked out (probability 0).
+pub fn causal_softmax(scores: Tensor<4>, scale: f32) -> Tensor<4> {
+    let dims = scores.dims();
+    let t = dims[3];
+    assert_eq!(dims[2], t, "causal softmax needs square score matrices");
+    // The kernels scale the row maximum, which is the scaled maximum only for scale > 0.
+    assert!(scale > 0.0, "causal softmax needs a positive scale");
+    match host(scores) {
+        Host::Tracked(ad) => {
+            match CausalSoftmaxBackward
+                .prepare::<NoCheckpointing>([ad.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let p = flex(
+                        causal_softmax_rows(&values(ad.primitive()), t, scale),
+                        &dims,
+                    );
+                    wrap(prep.finish((p.clone(), scale), p))
+                }
+                OpsKind::UnTracked(prep) => {
+                    let p = flex(
+                        causal_softmax_rows(&values(ad.primitive()), t, scale),
+                        &dims,
+                    );
+                    wrap(prep.finish(p))
+                }
+            }
+        }
+        Host::Plain(p) => wrap_plain(flex(causal_softmax_rows(&values(&p), t, scale), &dims)),
+        Host::Other(s) => composed_causal_softmax(s, scale),
+    }
+}
+
+/// [`causal_softmax`] as composed tensor operations.
+fn composed_causal_softmax(scores: Tensor<4>, scale: f32) -> Tensor<4> {
+    let dims = scores.dims();
+    let t = dims[3];
+    // `tril_mask` is true outside the lower triangle (diagonal included):
+    // exactly the future keys, k > q.
+    let future = Tensor::<2, Bool>::tril_mask([t, t], 0, &scores.device())
+        .reshape([1, 1, t, t])
+        .expand(dims);
+    softmax(
+        scores
+            .mul_scalar(scale)
+            .mask_fill(future, f32::NEG_INFINITY),
+        3,
+    )
+}
+
+fn causal_softmax_rows(x: &[f32], t: usize, scale: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let chunk = rows_per_task(t);
+    out.par_chunks_mut(t * chunk)
+        .zip(x.par_chunks(t * chunk))
+        .enumerate()
+        .for_each(|(c, (o, rows))| {
+            for (r, (o, row)) in o.chunks_mut(t).zip(rows.chunks(t)).enumerate() {
+                let q = (c * chunk + r) % t;
+                let live = &row[..=q];
+                let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
+                let mut sum = 0f32;
+                for (o, &a) in o[..=q].iter_mut().zip(live) {
+                    let e = (a * scale - max).exp();
+                    *o = e;
+                    sum += e;
+                }
+                let inv = 1.0 / sum;
+                for o in &mut o[..=q] {
+                    *o *= inv;
+                }
+            }
+        });
+    out
+}
+
+#[derive(Debug)]
+struct CausalSoftmaxBackward;
+
+impl Backward<Flex, 1> for CausalSoftmaxBackward {
+    /// The probabilities and the scale.
+    type State = (FlexTensor, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let Some(parent) = parent else { return };
+        let (p, scale) = ops.state;
+        let shape = p.layout().shape().to_vec();
+        let t = shape[3];
+        let p = values(&p);
+        let dy = values(&dy);
+        let mut dx = vec![0f32; p.len()];
+        let chunk = rows_per_task(t);
+        dx.par_chunks_mut(t * chunk)
+            .zip(p.par_chunks(t * chunk).zip(dy.par_chunks(t * chunk)))
+            .enumerate()
+            .for_each(|(c, (dx, (p, dy)))| {
+                for (r, ((dx, p), dy)) in dx
+                    .chunks_mut(t)
+                    .zip(p.chunks(t))
+                    .zip(dy.chunks(t))
+                    .enumerate()
+                {
+                    let q = (c * chunk + r) % t;
+                    let dot: f32 = p[..=q].iter().zip(&dy[..=q]).map(|(a, b)| a * b).sum();
+                    for ((o, &a), &b) in dx[..=q].iter_mut().zip(&p[..=q]).zip(&dy[..=q]) {
+                        *o = scale * a * (b - dot);
+                    }
+                }
+            });
+        grads.register::<Flex>(parent.id, flex(dx, &shape));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SwiGLU activation
+// ---------------------------------------------------------------------------
+
+/// `silu(gate) · up` of fused gate/up projections `[n, 2·inter]` (gate columns
+/// first), as `[n, inter]`.
+pub fn swiglu(gate_up: Tensor<2>) -> Tensor<2> {
+    let [n, two] = gate_up.dims();
+    let inter = two / 2;
+    match host(gate_up) {
+        Host::Tracked(ad) => {
+            match SwigluBackward
+                .prepare::<NoCheckpointing>([ad.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let input = ad.primitive().clone();
+                    let y = flex(swiglu_rows(&values(&input), inter), &[n, inter]);
+                    wrap(prep.finish(input, y))
+                }
+                OpsKind::UnTracked(prep) => {
+                    let y = flex(swiglu_rows(&values(ad.primitive()), inter), &[n, inter]);
+                    wrap(prep.finish(y))
+                }
+            }
+        }
+        Host::Plain(p) => wrap_plain(flex(swiglu_rows(&values(&p), inter), &[n, inter])),
+        Host::Other(gu) => composed_swiglu(gu),
+    }
+}
+
+/// [`swiglu`] as composed tensor operations.
+fn composed_swiglu(gate_up: Tensor<2>) -> Tensor<2> {
+    let inter = gate_up.dims()[1] / 2;
+    let gate = gate_up.clone().narrow(1, 0, inter);
+    let up = gate_up.narrow(1, inter, inter);
+    silu(gate) * up
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn swiglu_rows(x: &[f32], inter: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len() / 2];
+    let chunk = rows_per_task(2 * inter);
+    out.par_chunks_mut(inter * chunk)
+        .zip(x.par_chunks(2 * inter * chunk))
+        .for_each(|(o, rows)| {
+            for (o, row) in o.chunks_mut(inter).zip(rows.chunks(2 * inter)) {
+                let (g, u) = row.split_at(inter);
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(g) * u;
+                }
+            }
+        });
+    out
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 1> for SwigluBackward {
+    /// The gate/up input.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let Some(parent) = parent else { return };
+        let shape = ops.state.layout().shape().to_vec();
+        let inter = shape[1] / 2;
+        let x = values(&ops.state);
+        let dy = values(&dy);
+        let mut dx = vec![0f32; x.len()];
+        let chunk = rows_per_task(2 * inter);
+        dx.par_chunks_mut(2 * inter * chunk)
+            .zip(
+                x.par_chunks(2 * inter * chunk)
+                    .zip(dy.par_chunks(inter * chunk)),
+            )
+            .for_each(|(dx, (x, dy))| {
+                for ((dx, x), dy) in dx
+                    .chunks_mut(2 * inter)
+                    .zip(x.chunks(2 * inter))
+                    .zip(dy.chunks(inter))
+                {
+                    let (dg, du) = dx.split_at_mut(inter);
+                    let (g, u) = x.split_at(inter);
+                    for i in 0..inter {
+                        let s = sigmoid(g[i]);
+                        let silu = g[i] * s;
+                        du[i] = dy[i] * silu;
+                        dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                    }
+                }
+            });
+        grads.register::<Flex>(parent.id, flex(dx, &shape));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// RMSNorm
+// ---------------------------------------------------------------------------
+
+/// RMSNorm over the last dimension of `[n, d]` rows: `x / sqrt(mean(x²) + eps) · weight`.
+pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
+    let [n, d] = x.dims();
+    let eps = eps as f32;
+    match (host(x), host(weight.clone())) {
+        (Host::Tracked(x), Host::Tracked(w)) => {
+            match RmsNormBackward
+                .prepare::<NoCheckpointing>([x.node(), w.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let xs = x.primitive().clone();
+                    let ws = w.primitive().clone();
+                    let (y, inv) = rms_norm_rows(&values(&xs), &values(&ws), eps);
+                    wrap(prep.finish((xs, ws, inv), flex(y, &[n, d])))
+                }
+                OpsKind::UnTracked(prep) => {
+                    let (y, _) = rms_norm_rows(&values(x.primitive()), &values(w.primitive()), eps);
+                    wrap(prep.finish(flex(y, &[n, d])))
+                }
+            }
+        }
+        (Host::Plain(x), Host::Plain(w)) => {
+            let (y, _) = rms_norm_rows(&values(&x), &values(&w), eps);
+            wrap_plain(flex(y, &[n, d]))
+        }
+        (x, _) => {
+            let x = match x {
+                Host::Tracked(t) => wrap(t),
+                Host::Plain(t) => wrap_plain(t),
+                Host::Other(t) => t,
+            };
+            composed_rms_norm(x, weight, eps)
+        }
+    }
+}
+
+/// [`rms_norm`] as composed tensor operations.
+fn composed_rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
+    let d = weight.dims()[0];
+    let inv = x
+        .clone()
+        .square()
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    x * inv * weight.clone().reshape([1, d])
+}
+
+/// Normalised rows and each row's `1 / rms`.
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let n = x.len() / d;
+    let mut y = vec![0f32; x.len()];
+    let mut inv = vec![0f32; n];
+    let chunk = rows_per_task(d);
+    y.par_chunks_mut(d * chunk)
+        .zip(inv.par_chunks_mut(chunk))
+        .zip(x.par_chunks(d * chunk))
+        .for_each(|((y, inv), x)| {
+            for ((y, r), x) in y.chunks_mut(d).zip(inv.iter_mut()).zip(x.chunks(d)) {
+                let ms = x.iter().map(|a| a * a).sum::<f32>() / d as f32;
+                *r = 1.0 / (ms + eps).sqrt();
+                for ((y, &a), &w) in y.iter_mut().zip(x).zip(w) {
+                    *y = a * *r * w;
+                }
+            }
+        });
+    (y, inv)
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl Backward<Flex, 2> for RmsNormBackward {
+    /// Input rows, weight, and each row's `1 / rms`.
+    type State = (FlexTensor, FlexTensor, Vec<f32>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px, pw] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (xs, ws, inv) = ops.state;
+        let shape = xs.layout().shape().to_vec();
+        let d = shape[1];
+        let x = values(&xs);
+        let w = values(&ws);
+        let dy = values(&dy);
+        let chunk = rows_per_task(d);
+        if let Some(px) = px {
+            let mut dx = vec![0f32; x.len()];
+            dx.par_chunks_mut(d * chunk)
+                .zip(x.par_chunks(d * chunk).zip(dy.par_chunks(d * chunk)))
+                .zip(inv.par_chunks(chunk))
+                .for_each(|((dx, (x, dy)), inv)| {
+                    for (((dx, x), dy), &r) in
+                        dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)).zip(inv)
+                    {
+                        // dx = r·w·dy − x·r³·mean(x·w·dy)
+                        let m = x
+                            .iter()
+                            .zip(dy)
+                            .zip(w.iter())
+                            .map(|((a, g), w)| a * w * g)
+                            .sum::<f32>()
+                            / d as f32;
+                        let r3m = r * r * r * m;
+                        for (((o, &a), &g), &w) in dx.iter_mut().zip(x).zip(dy).zip(w.iter()) {
+                            *o = r * w * g - a * r3m;
+                        }
+                    }
+                });
+            grads.register::<Flex>(px.id, flex(dx, &shape));
+        }
+        if let Some(pw) = pw {
+            let dw = x
+                .par_chunks(d * chunk)
+                .zip(dy.par_chunks(d * chunk))
+                .zip(inv.par_chunks(chunk))
+                .map(|((x, dy), inv)| {
+                    let mut acc = vec![0f32; d];
+                    for ((x, dy), &r) in x.chunks(d).zip(dy.chunks(d)).zip(inv) {
+                        for ((o, &a), &g) in acc.iter_mut().zip(x).zip(dy) {
+                            *o += a * r * g;
+                        }
+                    }
+                    acc
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                // Summed in chunk order, so the gradient does not depend on thread scheduling.
+                .fold(vec![0f32; d], |mut a, b| {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y;
+                    }
+                    a
+                });
+            grads.register::<Flex>(pw.id, flex(dw, &[d]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use burn::tensor::Device;
+
+    /// Deterministic values in about [-scale, scale].
+    fn numbers(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn leaf<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        let device = Device::flex().autodiff();
+        Tensor::<D>::from_data(TensorData::new(values, shape), &device).require_grad()
+    }
+
+    fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * scale,
+                "{what}: element {i}: fused {x} composed {y} (scale {scale})"
+            );
+        }
+    }
+
+    /// Value and input gradient of `f` under a random weighting of its output,
+    /// so the upstream gradient is not uniform.
+    fn value_and_grad<const D: usize, const E: usize>(
+        f: impl Fn(Tensor<D>) -> Tensor<E>,
+        input: &[f32],
+        shape: [usize; D],
+        out_weights: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let x = leaf(input.to_vec(), shape);
+        let y = f(x.clone());
+        let w =
+            Tensor::<E>::from_data(TensorData::new(out_weights.to_vec(), y.dims()), &y.device());
+        let grads = (y.clone() * w).sum().backward();
+        (host_values(y.inner()), host_values(x.grad(&grads).unwrap()))
+    }
+
+    #[test]
+    fn flex_autodiff_tensors_take_the_fused_path() {
+        let t = leaf(vec![1.0, 2.0], [1, 2]);
+        assert!(matches!(host(t), Host::Tracked(_)));
+        let plain =
+            Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0], [1, 2]), &Device::flex());
+        assert!(matches!(host(plain), Host::Plain(_)));
+    }
+
+    #[test]
+    fn cross_entropy_matches_the_composed_loss_and_gradient() {
+        let (n, v) = (37, 301);
+        let logits = numbers(n * v, 1, 6.0);
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 97 + 5) % v) as u32).collect();
+        for upstream in [1.0f32, -0.37] {
+            let fused =
+                value_and_grad(|x| cross_entropy(x, &targets), &logits, [n, v], &[upstream]);
+            let composed = value_and_grad(
+                |x| composed_cross_entropy(x, &targets),
+                &logits,
+                [n, v],
+                &[upstream],
+            );
+            assert_close("loss", &fused.0, &composed.0, 1e-5);
+            assert_close("gradient", &fused.1, &composed.1, 1e-5);
+        }
+        // Without autodiff the fused forward gives the same loss.
+        let plain =
+            Tensor::<2>::from_data(TensorData::new(logits.clone(), [n, v]), &Device::flex());
+        let fused = host_values(cross_entropy(plain.clone(), &targets));
+        let composed = host_values(composed_cross_entropy(plain, &targets));
+        assert_close("plain loss", &fused, &composed, 1e-5);
+    }
+
+    #[test]
+    fn target_log_probs_match_log_softmax_and_the_loss() {
+        let (n, v) = (29, 263);
+        let logits = numbers(n * v, 7, 8.0);
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 31 + 2) % v) as u32).collect();
+        let plain =
+            Tensor::<2>::from_data(TensorData::new(logits.clone(), [n, v]), &Device::flex());
+        let fused = target_log_probs(plain.clone(), &targets);
+        let ids: Vec<i64> = targets.iter().map(|&x| i64::from(x)).collect();
+        let idx = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &Device::flex());
+        let composed = host_values(log_softmax(plain.clone(), 1).gather(1, idx));
+        assert_close("log-probabilities", &fused, &composed, 1e-5);
+        assert!(fused.iter().all(|&p| p < 0.0));
+        // Their negated mean is the cross-entropy.
+        let mean = -fused.iter().map(|&p| f64::from(p)).sum::<f64>() / n as f64;
+        let loss = host_values(cross_entropy(plain, &targets));
+        assert_close("mean", &[mean as f32], &loss, 1e-5);
+    }
+
+    #[test]
+    fn causal_softmax_matches_the_composed_softmax_and_gradient() {
+        let shape = [2, 3, 9, 9];
+        let n: usize = shape.iter().product();
+        let scores = numbers(n, 2, 4.0);
+        let weights = numbers(n, 3, 1.0);
+        let scale = 0.35;
+        let fused = value_and_grad(|x| causal_softmax(x, scale), &scores, shape, &weights);
+        let composed = value_and_grad(
+            |x| composed_causal_softmax(x, scale),
+            &scores,
+            shape,
+            &weights,
+        );
+        assert_close("probabilities", &fused.0, &composed.0, 1e-5);
+        assert_close("gradient", &fused.1, &composed.1, 1e-5);
+        // Future keys get exactly zero probability and gradient.
+        for (i, (p, g)) in fused.0.iter().zip(&fused.1).enumerate() {
+            let (q, k) = ((i / 9) % 9, i % 9);
+            if k > q {
+                assert_eq!((*p, *g), (0.0, 0.0), "query {q} key {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn swiglu_matches_the_composed_activation_and_gradient() {
+        let (n, inter) = (13, 11);
+        let x = numbers(n * 2 * inter, 4, 5.0);
+        let weights = numbers(n * inter, 5, 1.0);
+        let fused = value_and_grad(swiglu, &x, [n, 2 * inter], &weights);
+        let composed = value_and_grad(composed_swiglu, &x, [n, 2 * inter], &weights);
+        assert_close("activation", &fused.0, &composed.0, 1e-5);
+        assert_close("gradient", &fused.1, &composed.1, 1e-5);
+    }
+
+    #[test]
+    fn rms_norm_matches_the_composed_norm_and_both_gradients() {
+        let (n, d) = (17, 24);
+        let x = numbers(n * d, 6, 3.0);
+        let w = numbers(d, 7, 1.5);
+        let weights = numbers(n * d, 8, 1.0);
+        let run = |fused: bool| {
+            let xt = leaf(x.clone(), [n, d]);
+            let wt = leaf(w.clone(), [d]);
+            let y = if fused {
+                rms_norm(xt.clone(), &wt, 1e-6)
+            } else {
+                composed_rms_norm(xt.clone(), &wt, 1e-6)
+            };
+            let r = Tensor::<2>::from_data(TensorData::new(weights.clone(), [n, d]), &y.device());
+            let grads = (y.clone() * r).sum().backward();
+            (
+                host_values(y.inner()),
+                host_values(xt.grad(&grads).unwrap()),
+                host_values(wt.grad(&grads).unwrap()),
+            )
+        };
+        let (fused, composed) = (run(true), run(false));
+        assert_close("output", &fused.0, &composed.0, 1e-5);
+        assert_close("input gradient", &fused.1, &composed.1, 1e-5);
+        assert_close("weight gradient", &fused.2, &composed.2, 1e-5);
+        // A frozen weight (no gradient wanted) still gives the input gradient.
+        let xt = leaf(x.clone(), [n, d]);
+        let frozen = Tensor::<1>::from_data(TensorData::new(w.clone(), [d]), &xt.device());
+        let r = Tensor::<2>::from_data(TensorData::new(weights.clone(), [n, d]), &xt.device());
+        let grads = (rms_norm(xt.clone(), &frozen, 1e-6) * r).sum().backward();
+        assert_close(
+            "frozen-weight input gradient",
+            &host_values(xt.grad(&grads).unwrap()),
+            &fused.1,
+            1e-6,
+        );
+    }
+}
