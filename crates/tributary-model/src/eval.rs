@@ -52,6 +52,8 @@ pub fn next_token_logprobs(
             "need equal rows of at least two tokens".into(),
         ));
     }
+    // A row's last token is only a target, so the forward pass never sees it.
+    model.check_tokens(tokens)?;
     let (inputs, targets) = inputs_and_targets(tokens, batch);
     let logits = model.logits(&inputs, batch, trace)?;
     let picked = crate::fused::target_log_probs(logits, &targets);

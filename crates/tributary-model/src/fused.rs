@@ -21,15 +21,22 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::activation::{log_softmax, silu, softmax};
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
 type AdTensor = <Ad as burn::backend::BackendTypes>::FloatTensorPrimitive;
 
-/// Rows handed to one rayon task: enough work to amortise scheduling.
+/// Elements handed to one rayon task: enough work to amortise scheduling.
+/// Tests use small tasks so that their inputs cross task boundaries.
+#[cfg(not(test))]
+const TASK_ELEMENTS: usize = 16_384;
+#[cfg(test)]
+const TASK_ELEMENTS: usize = 64;
+
+/// Rows handed to one rayon task.
 fn rows_per_task(row_len: usize) -> usize {
-    (16_384 / row_len.max(1)).max(1)
+    (TASK_ELEMENTS / row_len.max(1)).max(1)
 }
 
 /// Where a float tensor lives, as far as the fused kernels care.
@@ -43,6 +50,10 @@ enum Host<const D: usize> {
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Host<D> {
+    // The kernels read and write `f32`; other precisions take the composed path.
+    if t.dtype() != DType::F32 {
+        return Host::Other(t);
+    }
     if let Ok(p) = t.clone().try_into_primitive::<Ad>() {
         return Host::Tracked(p);
     }
@@ -56,12 +67,11 @@ fn host<const D: usize>(t: Tensor<D>) -> Host<D> {
 fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(
-            t.to_contiguous()
-                .as_slice::<f32>()
-                .map(<[f32]>::to_vec)
-                .unwrap_or_default(),
-        ),
+        None => match t.to_contiguous().as_slice::<f32>() {
+            Some(s) => std::borrow::Cow::Owned(s.to_vec()),
+            // `host` sends only `f32` tensors here, and a contiguous copy is a slice.
+            None => unreachable!("fused kernels only receive f32 tensors"),
+        },
     }
 }
 
@@ -94,6 +104,7 @@ fn wrap_plain<const D: usize>(t: FlexTensor) -> Tensor<D> {
 pub fn cross_entropy(logits: Tensor<2>, targets: &[u32]) -> Tensor<1> {
     let [n, v] = logits.dims();
     assert_eq!(n, targets.len(), "one target per logit row");
+    assert!(n > 0 && v > 0, "no logits to score");
     assert!(
         targets.iter().all(|&t| (t as usize) < v),
         "target outside the vocabulary of {v}"
@@ -206,6 +217,7 @@ fn row_nll(row: &[f32], t: usize) -> f32 {
 pub fn target_log_probs(logits: Tensor<2>, targets: &[u32]) -> Vec<f32> {
     let [n, v] = logits.dims();
     assert_eq!(n, targets.len(), "one target per logit row");
+    assert!(n > 0 && v > 0, "no logits to score");
     assert!(
         targets.iter().all(|&t| (t as usize) < v),
         "target outside the vocabulary of {v}"
@@ -233,7 +245,7 @@ pub fn target_log_probs(logits: Tensor<2>, targets: &[u32]) -> Vec<f32> {
                 .gather(1, idx)
                 .into_data()
                 .try_into_vec_as::<f32>()
-                .unwrap_or_default()
+                .unwrap_or_else(|e| panic!("reading log-probabilities back: {e:?}"))
         }
     }
 }
@@ -270,6 +282,7 @@ pub fn causal_softmax(scores: Tensor<4>, scale: f32) -> Tensor<4> {
     let dims = scores.dims();
     let t = dims[3];
     assert_eq!(dims[2], t, "causal softmax needs square score matrices");
+    assert!(t > 0, "causal softmax of an empty sequence");
     // The kernels scale the row maximum, which is the scaled maximum only for scale > 0.
     assert!(scale > 0.0, "causal softmax needs a positive scale");
     match host(scores) {
@@ -390,6 +403,10 @@ impl Backward<Flex, 1> for CausalSoftmaxBackward {
 /// first), as `[n, inter]`.
 pub fn swiglu(gate_up: Tensor<2>) -> Tensor<2> {
     let [n, two] = gate_up.dims();
+    assert!(
+        two > 0 && two % 2 == 0,
+        "gate/up width {two} is not two equal halves"
+    );
     let inter = two / 2;
     match host(gate_up) {
         Host::Tracked(ad) => {
@@ -491,6 +508,12 @@ impl Backward<Flex, 1> for SwigluBackward {
 /// RMSNorm over the last dimension of `[n, d]` rows: `x / sqrt(mean(x²) + eps) · weight`.
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
     let [n, d] = x.dims();
+    assert!(d > 0, "RMSNorm over empty rows");
+    assert_eq!(
+        weight.dims()[0],
+        d,
+        "RMSNorm weight length differs from the row width"
+    );
     let eps = eps as f32;
     match (host(x), host(weight.clone())) {
         (Host::Tracked(x), Host::Tracked(w)) => {
@@ -763,6 +786,77 @@ mod tests {
                 assert_eq!((*p, *g), (0.0, 0.0), "query {q} key {k}");
             }
         }
+    }
+
+    #[test]
+    fn strided_views_give_the_same_values_and_gradients() {
+        // Transposed and narrowed inputs are not contiguous; the kernels copy them.
+        let (n, inter) = (9, 7);
+        let x = numbers(n * 2 * inter, 11, 4.0);
+        let w = numbers(n * inter, 12, 1.0);
+        let fused = value_and_grad(|x| swiglu(x.transpose()), &x, [2 * inter, n], &w);
+        let composed = value_and_grad(|x| composed_swiglu(x.transpose()), &x, [2 * inter, n], &w);
+        assert_close("swiglu", &fused.0, &composed.0, 1e-5);
+        assert_close("swiglu gradient", &fused.1, &composed.1, 1e-5);
+
+        let shape = [1, 2, 8, 8];
+        let scores = numbers(128, 13, 3.0);
+        let w = numbers(128, 14, 1.0);
+        let fused = value_and_grad(
+            |x| causal_softmax(x.swap_dims(2, 3), 0.5),
+            &scores,
+            shape,
+            &w,
+        );
+        let composed = value_and_grad(
+            |x| composed_causal_softmax(x.swap_dims(2, 3), 0.5),
+            &scores,
+            shape,
+            &w,
+        );
+        assert_close("causal softmax", &fused.0, &composed.0, 1e-5);
+        assert_close("causal softmax gradient", &fused.1, &composed.1, 1e-5);
+
+        let (n, v) = (6, 40);
+        let logits = numbers(n * (v + 3), 15, 5.0);
+        let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
+        let fused = value_and_grad(
+            |x| cross_entropy(x.narrow(1, 2, v), &targets),
+            &logits,
+            [n, v + 3],
+            &[1.0],
+        );
+        let composed = value_and_grad(
+            |x| composed_cross_entropy(x.narrow(1, 2, v), &targets),
+            &logits,
+            [n, v + 3],
+            &[1.0],
+        );
+        assert_close("cross-entropy", &fused.0, &composed.0, 1e-5);
+        assert_close("cross-entropy gradient", &fused.1, &composed.1, 1e-5);
+
+        let (n, d) = (5, 12);
+        let x = numbers(n * (d + 4), 16, 2.0);
+        // A frozen weight on the autodiff device: the fused path with one tracked parent.
+        let weight = Tensor::<1>::from_data(
+            TensorData::new(numbers(d, 17, 1.0), [d]),
+            &Device::flex().autodiff(),
+        );
+        let w = numbers(n * d, 18, 1.0);
+        let fused = value_and_grad(
+            |x| rms_norm(x.narrow(1, 4, d), &weight, 1e-6),
+            &x,
+            [n, d + 4],
+            &w,
+        );
+        let composed = value_and_grad(
+            |x| composed_rms_norm(x.narrow(1, 4, d), &weight, 1e-6),
+            &x,
+            [n, d + 4],
+            &w,
+        );
+        assert_close("rms norm", &fused.0, &composed.0, 1e-5);
+        assert_close("rms norm gradient", &fused.1, &composed.1, 1e-5);
     }
 
     #[test]

@@ -271,12 +271,7 @@ impl FlexOlmo {
                 self.config.max_position_embeddings
             )));
         }
-        let vocab = self.config.vocab_size;
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::Argument(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
+        self.check_tokens(tokens)?;
         let device = self.device();
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &device);
@@ -285,6 +280,18 @@ impl FlexOlmo {
             x = self.layer_forward(l, layer, x, batch, seq, trace);
         }
         Ok(rms_norm(x, &self.norm, self.config.rms_norm_eps))
+    }
+
+    /// Refuses token ids outside the vocabulary (inputs, and targets before
+    /// they reach the loss or the scorer).
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
+        let vocab = self.config.vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(bad) => Err(ModelError::Argument(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Logits `[batch * seq, vocab]`.

@@ -163,6 +163,8 @@ pub fn lm_loss_traced(
     batch: usize,
     trace: &mut Trace,
 ) -> Result<Tensor<1>, ModelError> {
+    // A window's last token is only a target, so the forward pass never sees it.
+    model.check_tokens(windows)?;
     let (inputs, targets) = inputs_and_targets(windows, batch);
     let logits = model.logits(&inputs, batch, trace)?;
     Ok(crate::fused::cross_entropy(logits, &targets))

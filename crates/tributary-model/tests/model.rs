@@ -12,7 +12,7 @@ use tributary_model::expert_train::train_expert;
 use tributary_model::merge::{merge, select_experts, soup};
 use tributary_model::model::Trace;
 use tributary_model::names;
-use tributary_model::objective::TrainOptions;
+use tributary_model::objective::{TrainOptions, lm_loss_traced};
 use tributary_model::pretrain::{
     PretrainRun, init_anchor, load_resume, pretrain, set_public_router,
 };
@@ -420,6 +420,16 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(
         evaluate(&m, &[1], 32, 4, &mut |_, _| {}).is_err(),
         "nothing to score"
+    );
+    // A row's last token is only a target: it never reaches the forward pass,
+    // and must still be refused rather than crash the scorer or the loss.
+    assert!(
+        next_token_logprobs(&m, &[1, 2, 999], 1, &mut Trace::default()).is_err(),
+        "target outside the vocabulary"
+    );
+    assert!(
+        lm_loss_traced(&m, &[1, 2, 999], 1, &mut Trace::default()).is_err(),
+        "loss target outside the vocabulary"
     );
     let mut broken = anchor.tensors.clone();
     broken.0.remove(names::NORM);
