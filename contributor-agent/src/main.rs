@@ -44,6 +44,13 @@ enum Command {
     Remote(RemoteCommand),
 }
 
+/// mimalloc keeps freed memory for reuse: a training step frees and
+/// reallocates many tensor buffers of the same sizes, which glibc's allocator
+/// handed back to the kernel and faulted in again (training without the
+/// public-loss batch ran about 15 % slower; BENCHMARKS.md, "Expert training").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {

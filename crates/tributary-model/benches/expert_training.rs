@@ -10,6 +10,10 @@
 
 use std::time::Instant;
 
+/// The allocator `contributor-agent` uses (see its `main.rs`), so the bench measures what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use burn::tensor::Device;
 use tributary_model::FlexOlmoConfig;
 use tributary_model::expert_train::train_expert;
