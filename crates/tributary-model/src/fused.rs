@@ -103,57 +103,67 @@ fn wrap_plain<const D: usize>(t: FlexTensor) -> Tensor<D> {
 /// (callers check token ids when they build the batch).
 pub fn cross_entropy(logits: Tensor<2>, targets: &[u32]) -> Tensor<1> {
     let [n, v] = logits.dims();
-    assert_eq!(n, targets.len(), "one target per logit row");
-    assert!(n > 0 && v > 0, "no logits to score");
-    assert!(
-        targets.iter().all(|&t| (t as usize) < v),
-        "target outside the vocabulary of {v}"
-    );
+    check_targets(n, v, targets);
     match host(logits) {
         Host::Tracked(ad) => {
+            let x = values(ad.primitive());
             match CrossEntropyBackward
                 .prepare::<NoCheckpointing>([ad.node()])
                 .compute_bound()
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    let x = values(ad.primitive());
-                    let (loss, grad) = cross_entropy_rows(&x, v, targets, true);
-                    let grad = flex(grad, &[n, v]);
-                    wrap(prep.finish(grad, flex(vec![loss], &[1])))
+                    let (loss, grad) = cross_entropy_with_gradient(&x, v, targets);
+                    wrap(prep.finish(flex(grad, &[n, v]), flex(vec![loss], &[1])))
                 }
                 OpsKind::UnTracked(prep) => {
-                    let x = values(ad.primitive());
-                    let (loss, _) = cross_entropy_rows(&x, v, targets, false);
-                    wrap(prep.finish(flex(vec![loss], &[1])))
+                    wrap(prep.finish(flex(vec![mean_nll(&x, v, targets)], &[1])))
                 }
             }
         }
-        Host::Plain(p) => {
-            let (loss, _) = cross_entropy_rows(&values(&p), v, targets, false);
-            wrap_plain(flex(vec![loss], &[1]))
-        }
+        Host::Plain(p) => wrap_plain(flex(vec![mean_nll(&values(&p), v, targets)], &[1])),
         Host::Other(t) => composed_cross_entropy(t, targets),
     }
 }
 
-/// [`cross_entropy`] as composed tensor operations.
-fn composed_cross_entropy(logits: Tensor<2>, targets: &[u32]) -> Tensor<1> {
-    let n = targets.len();
-    let ids: Vec<i64> = targets.iter().map(|&x| i64::from(x)).collect();
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &logits.device());
-    log_softmax(logits, 1).gather(1, idx).mean().neg()
+/// The checks [`cross_entropy`] and [`target_log_probs`] make of their arguments.
+fn check_targets(n: usize, v: usize, targets: &[u32]) {
+    assert_eq!(n, targets.len(), "one target per logit row");
+    assert!(n > 0 && v > 0, "no logits to score");
+    assert!(
+        targets.iter().all(|&t| (t as usize) < v),
+        "target outside the vocabulary of {v}"
+    );
 }
 
-/// Mean loss over rows and, when asked, `(softmax - onehot) / n`.
-fn cross_entropy_rows(x: &[f32], v: usize, targets: &[u32], want_grad: bool) -> (f32, Vec<f32>) {
+/// [`cross_entropy`] as composed tensor operations.
+fn composed_cross_entropy(logits: Tensor<2>, targets: &[u32]) -> Tensor<1> {
+    composed_target_log_probs(logits, targets).mean().neg()
+}
+
+/// [`target_log_probs`] as composed tensor operations, as an `[n, 1]` tensor.
+fn composed_target_log_probs(logits: Tensor<2>, targets: &[u32]) -> Tensor<2> {
+    let ids: Vec<i64> = targets.iter().map(|&x| i64::from(x)).collect();
+    let idx =
+        Tensor::<2, Int>::from_data(TensorData::new(ids, [targets.len(), 1]), &logits.device());
+    log_softmax(logits, 1).gather(1, idx)
+}
+
+/// Mean loss over rows and its gradient `(softmax - onehot) / n`.
+fn cross_entropy_with_gradient(x: &[f32], v: usize, targets: &[u32]) -> (f32, Vec<f32>) {
     let n = targets.len();
     let inv_n = 1.0 / n as f32;
     let chunk = rows_per_task(v);
-    let row_loss = |row: &[f32], t: usize, out: Option<&mut [f32]>| -> f64 {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        match out {
-            Some(g) => {
+    let mut grad = vec![0f32; n * v];
+    let partial: Vec<f64> = grad
+        .par_chunks_mut(v * chunk)
+        .zip(x.par_chunks(v * chunk))
+        .zip(targets.par_chunks(chunk))
+        .map(|((g, rows), ts)| {
+            let mut loss = 0f64;
+            for ((g, row), &t) in g.chunks_mut(v).zip(rows.chunks(v)).zip(ts) {
+                let t = t as usize;
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
                 for (o, &a) in g.iter_mut().zip(row) {
                     let e = (a - max).exp();
@@ -165,40 +175,34 @@ fn cross_entropy_rows(x: &[f32], v: usize, targets: &[u32], want_grad: bool) -> 
                     *o *= scale;
                 }
                 g[t] -= inv_n;
-                f64::from(sum.ln() + max - row[t])
+                loss += f64::from(sum.ln() + max - row[t]);
             }
-            None => f64::from(row_nll(row, t)),
-        }
-    };
-    if want_grad {
-        let mut grad = vec![0f32; n * v];
-        let partial: Vec<f64> = grad
-            .par_chunks_mut(v * chunk)
-            .zip(x.par_chunks(v * chunk))
-            .zip(targets.par_chunks(chunk))
-            .map(|((g, rows), ts)| {
-                g.chunks_mut(v)
-                    .zip(rows.chunks(v))
-                    .zip(ts)
-                    .map(|((g, row), &t)| row_loss(row, t as usize, Some(g)))
-                    .sum::<f64>()
-            })
-            .collect();
-        // Summed in chunk order, so the loss does not depend on thread scheduling.
-        ((partial.iter().sum::<f64>() / n as f64) as f32, grad)
-    } else {
-        let partial: Vec<f64> = x
-            .par_chunks(v * chunk)
-            .zip(targets.par_chunks(chunk))
-            .map(|(rows, ts)| {
-                rows.chunks(v)
-                    .zip(ts)
-                    .map(|(row, &t)| row_loss(row, t as usize, None))
-                    .sum::<f64>()
-            })
-            .collect();
-        ((partial.iter().sum::<f64>() / n as f64) as f32, Vec::new())
-    }
+            loss
+        })
+        .collect();
+    // Summed in chunk order, so the loss does not depend on thread scheduling.
+    ((partial.iter().sum::<f64>() / n as f64) as f32, grad)
+}
+
+/// Mean of [`row_nlls`], summed in row order.
+fn mean_nll(x: &[f32], v: usize, targets: &[u32]) -> f32 {
+    let nll = row_nlls(x, v, targets);
+    (nll.iter().copied().map(f64::from).sum::<f64>() / nll.len() as f64) as f32
+}
+
+/// Each row's negative log-likelihood of its target.
+fn row_nlls(x: &[f32], v: usize, targets: &[u32]) -> Vec<f32> {
+    let mut out = vec![0f32; targets.len()];
+    let chunk = rows_per_task(v);
+    out.par_chunks_mut(chunk)
+        .zip(x.par_chunks(v * chunk))
+        .zip(targets.par_chunks(chunk))
+        .for_each(|((o, rows), ts)| {
+            for ((o, row), &t) in o.iter_mut().zip(rows.chunks(v)).zip(ts) {
+                *o = row_nll(row, t as usize);
+            }
+        });
+    out
 }
 
 /// `logsumexp(row) - row[t]`: one row's negative log-likelihood of target `t`.
@@ -216,37 +220,16 @@ fn row_nll(row: &[f32], t: usize) -> f32 {
 /// As [`cross_entropy`].
 pub fn target_log_probs(logits: Tensor<2>, targets: &[u32]) -> Vec<f32> {
     let [n, v] = logits.dims();
-    assert_eq!(n, targets.len(), "one target per logit row");
-    assert!(n > 0 && v > 0, "no logits to score");
-    assert!(
-        targets.iter().all(|&t| (t as usize) < v),
-        "target outside the vocabulary of {v}"
-    );
-    let rows = |x: &[f32]| -> Vec<f32> {
-        let mut out = vec![0f32; n];
-        let chunk = rows_per_task(v);
-        out.par_chunks_mut(chunk)
-            .zip(x.par_chunks(v * chunk))
-            .zip(targets.par_chunks(chunk))
-            .for_each(|((o, rows), ts)| {
-                for ((o, row), &t) in o.iter_mut().zip(rows.chunks(v)).zip(ts) {
-                    *o = -row_nll(row, t as usize);
-                }
-            });
-        out
-    };
+    check_targets(n, v, targets);
+    let log_probs =
+        |x: &[f32]| -> Vec<f32> { row_nlls(x, v, targets).into_iter().map(|l| -l).collect() };
     match host(logits) {
-        Host::Tracked(ad) => rows(&values(ad.primitive())),
-        Host::Plain(p) => rows(&values(&p)),
-        Host::Other(t) => {
-            let ids: Vec<i64> = targets.iter().map(|&x| i64::from(x)).collect();
-            let idx = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &t.device());
-            log_softmax(t, 1)
-                .gather(1, idx)
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .unwrap_or_else(|e| panic!("reading log-probabilities back: {e:?}"))
-        }
+        Host::Tracked(ad) => log_probs(&values(ad.primitive())),
+        Host::Plain(p) => log_probs(&values(&p)),
+        Host::Other(t) => composed_target_log_probs(t, targets)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap_or_else(|e| panic!("reading log-probabilities back: {e:?}")),
     }
 }
 
@@ -287,25 +270,17 @@ pub fn causal_softmax(scores: Tensor<4>, scale: f32) -> Tensor<4> {
     assert!(scale > 0.0, "causal softmax needs a positive scale");
     match host(scores) {
         Host::Tracked(ad) => {
+            let p = flex(
+                causal_softmax_rows(&values(ad.primitive()), t, scale),
+                &dims,
+            );
             match CausalSoftmaxBackward
                 .prepare::<NoCheckpointing>([ad.node()])
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => {
-                    let p = flex(
-                        causal_softmax_rows(&values(ad.primitive()), t, scale),
-                        &dims,
-                    );
-                    wrap(prep.finish((p.clone(), scale), p))
-                }
-                OpsKind::UnTracked(prep) => {
-                    let p = flex(
-                        causal_softmax_rows(&values(ad.primitive()), t, scale),
-                        &dims,
-                    );
-                    wrap(prep.finish(p))
-                }
+                OpsKind::Tracked(prep) => wrap(prep.finish((p.clone(), scale), p)),
+                OpsKind::UnTracked(prep) => wrap(prep.finish(p)),
             }
         }
         Host::Plain(p) => wrap_plain(flex(causal_softmax_rows(&values(&p), t, scale), &dims)),
@@ -410,20 +385,14 @@ pub fn swiglu(gate_up: Tensor<2>) -> Tensor<2> {
     let inter = two / 2;
     match host(gate_up) {
         Host::Tracked(ad) => {
+            let y = flex(swiglu_rows(&values(ad.primitive()), inter), &[n, inter]);
             match SwigluBackward
                 .prepare::<NoCheckpointing>([ad.node()])
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => {
-                    let input = ad.primitive().clone();
-                    let y = flex(swiglu_rows(&values(&input), inter), &[n, inter]);
-                    wrap(prep.finish(input, y))
-                }
-                OpsKind::UnTracked(prep) => {
-                    let y = flex(swiglu_rows(&values(ad.primitive()), inter), &[n, inter]);
-                    wrap(prep.finish(y))
-                }
+                OpsKind::Tracked(prep) => wrap(prep.finish(ad.primitive().clone(), y)),
+                OpsKind::UnTracked(prep) => wrap(prep.finish(y)),
             }
         }
         Host::Plain(p) => wrap_plain(flex(swiglu_rows(&values(&p), inter), &[n, inter])),
@@ -517,21 +486,18 @@ pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
     let eps = eps as f32;
     match (host(x), host(weight.clone())) {
         (Host::Tracked(x), Host::Tracked(w)) => {
+            let (y, inv) = rms_norm_rows(&values(x.primitive()), &values(w.primitive()), eps);
+            let y = flex(y, &[n, d]);
             match RmsNormBackward
                 .prepare::<NoCheckpointing>([x.node(), w.node()])
                 .compute_bound()
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    let xs = x.primitive().clone();
-                    let ws = w.primitive().clone();
-                    let (y, inv) = rms_norm_rows(&values(&xs), &values(&ws), eps);
-                    wrap(prep.finish((xs, ws, inv), flex(y, &[n, d])))
+                    let state = (x.primitive().clone(), w.primitive().clone(), inv);
+                    wrap(prep.finish(state, y))
                 }
-                OpsKind::UnTracked(prep) => {
-                    let (y, _) = rms_norm_rows(&values(x.primitive()), &values(w.primitive()), eps);
-                    wrap(prep.finish(flex(y, &[n, d])))
-                }
+                OpsKind::UnTracked(prep) => wrap(prep.finish(y)),
             }
         }
         (Host::Plain(x), Host::Plain(w)) => {
