@@ -55,6 +55,12 @@ pub struct PretrainArgs {
     /// RoPE base.
     #[arg(long, default_value_t = 10_000.0)]
     pub rope_theta: f64,
+    /// Heads per layer whose query projection is held at zero, so that they
+    /// attend uniformly to every earlier position: the residual stream then
+    /// carries a running average of the context, which router rows use to
+    /// tell one kind of text from another.
+    #[arg(long, default_value_t = 0)]
+    pub context_heads: usize,
     /// Optimiser steps.
     #[arg(long, default_value_t = 3000)]
     pub steps: u64,
@@ -99,6 +105,7 @@ struct Recipe {
     steps: u64,
     batch_size: usize,
     seq_len: usize,
+    context_heads: usize,
     lr: f64,
     warmup: u64,
     weight_decay: f64,
@@ -231,6 +238,7 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         out_dir: Some(&a.out),
         checkpoint_every: a.checkpoint_every,
         tokenizer_dir: Some(&a.tokenizer),
+        context_heads: a.context_heads,
     };
     let held_ref = (!held.is_empty()).then_some(held.as_slice());
     let (mut ckpt, final_loss) = pretrain(run, &train, held_ref, &device, &mut |s| {
@@ -282,6 +290,7 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         steps: a.steps,
         batch_size: a.batch_size,
         seq_len: a.context,
+        context_heads: a.context_heads,
         lr: a.lr,
         warmup: a.warmup,
         weight_decay: a.weight_decay,

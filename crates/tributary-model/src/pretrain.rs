@@ -5,6 +5,15 @@
 //! softmax is 1 whatever its row, so it gets no gradient). After training,
 //! `r_pub` for each layer is set to the mean router input over public text and
 //! written into `mlp.gate.weight`.
+//!
+//! A run may hold the query projection of the first `context_heads` heads of
+//! every layer at zero. Such a head scores every earlier position alike, so it
+//! attends uniformly over the prefix: its output is a running average of the
+//! context, which the residual stream — and with it every router input —
+//! then carries. That is what lets a linear router row see which kind of
+//! document a token sits in, not only the token itself (EXPERIMENT.md, "Context
+//! heads"). The checkpoint stays an ordinary `flex_olmo` one: the heads are
+//! just zero rows of `q_proj`.
 
 use std::path::Path;
 use std::time::Instant;
@@ -92,7 +101,49 @@ fn params_of(model: &FlexOlmo, device: &Device) -> Vec<Param> {
     ps
 }
 
-fn model_of(template: &FlexOlmo, ps: &[Param]) -> FlexOlmo {
+/// Zeroes the `q_proj` rows of the first `heads` heads of every layer.
+pub fn zero_query_heads(ckpt: &mut Checkpoint, heads: usize) -> Result<(), ModelError> {
+    let config = &ckpt.config;
+    if heads > config.num_attention_heads {
+        return Err(ModelError::Argument(format!(
+            "{heads} context heads asked for, but layers have {} heads",
+            config.num_attention_heads
+        )));
+    }
+    let width = heads * config.head_dim();
+    for l in 0..config.num_hidden_layers {
+        let name = names::attn(l, "q_proj");
+        let mut q = ckpt.tensors.get(&name)?.clone();
+        let [_, cols] = q.dims2()?;
+        q.data[..width * cols].fill(0.0);
+        ckpt.tensors.insert(name, q);
+    }
+    Ok(())
+}
+
+/// Mask of the fused (transposed) `qkv` matrix: 0 on the query columns of the
+/// first `heads` heads, 1 elsewhere; `None` when no head is masked.
+fn query_mask(config: &FlexOlmoConfig, heads: usize, device: &Device) -> Option<Tensor<2>> {
+    if heads == 0 {
+        return None;
+    }
+    let (nh, nkv, hd) = (
+        config.num_attention_heads,
+        config.kv_heads(),
+        config.head_dim(),
+    );
+    let cols = (nh + 2 * nkv) * hd;
+    let row: Vec<f32> = (0..cols)
+        .map(|c| if c < heads * hd { 0.0 } else { 1.0 })
+        .collect();
+    let data = row.repeat(config.hidden_size);
+    Some(Tensor::from_data(
+        burn::tensor::TensorData::new(data, [config.hidden_size, cols]),
+        device,
+    ))
+}
+
+fn model_of(template: &FlexOlmo, ps: &[Param], mask: Option<&Tensor<2>>) -> FlexOlmo {
     let vec1 = |p: &Param| {
         let n = p.value.dims()[1];
         p.value.clone().reshape([n])
@@ -105,7 +156,12 @@ fn model_of(template: &FlexOlmo, ps: &[Param]) -> FlexOlmo {
         let p = &ps[GLOBAL + PER_LAYER * l..GLOBAL + PER_LAYER * (l + 1)];
         *layer = Layer {
             attn: Attention {
-                qkv: p[0].value.clone(),
+                // The mask keeps context heads' queries at zero: their
+                // gradient is zero, so AdamW leaves them (and their moments) at 0.
+                qkv: match mask {
+                    Some(m) => p[0].value.clone() * m.clone(),
+                    None => p[0].value.clone(),
+                },
                 out: p[1].value.clone(),
                 q_norm: vec1(&p[2]),
                 k_norm: vec1(&p[3]),
@@ -239,6 +295,9 @@ pub struct PretrainRun<'a> {
     pub checkpoint_every: u64,
     /// Directory whose tokenizer files the checkpoints carry.
     pub tokenizer_dir: Option<&'a Path>,
+    /// Heads per layer (the first ones) whose query projection is held at
+    /// zero, so that they average the context uniformly (see the module doc).
+    pub context_heads: usize,
 }
 
 /// Pretrains the anchor; returns the trained checkpoint (router rows still as
@@ -253,12 +312,15 @@ pub fn pretrain(
     let opts = &run.opts;
     let ad = device.clone().autodiff();
     let config = run.start.config.clone();
-    let template = FlexOlmo::from_tensors(&config, &run.start.tensors, &ad)?;
+    let mut start = run.start;
+    zero_query_heads(&mut start, run.context_heads)?;
+    let mask = query_mask(&config, run.context_heads, &ad);
+    let template = FlexOlmo::from_tensors(&config, &start.tensors, &ad)?;
     let mut routers = TensorMap::new();
     for l in 0..config.num_hidden_layers {
         routers.insert(
             names::router(l),
-            run.start.tensors.get(&names::router(l))?.clone(),
+            start.tensors.get(&names::router(l))?.clone(),
         );
     }
     let mut ps = params_of(&template, &ad);
@@ -286,7 +348,7 @@ pub fn pretrain(
     for step in first..opts.steps {
         let t0 = Instant::now();
         let windows = sample_batch(train, seq_len, opts.batch_size, opts.seed, step)?;
-        let model = model_of(&template, &ps);
+        let model = model_of(&template, &ps, mask.as_ref());
         let (ce, _) = lm_loss(&model, &windows, opts.batch_size, false)?;
         let loss = f64::from(ce.clone().into_scalar::<f32>());
         if !loss.is_finite() {
@@ -301,7 +363,7 @@ pub fn pretrain(
         let eval_loss = match heldout {
             Some(h) if opts.eval_every > 0 && done % opts.eval_every == 0 => {
                 let l = heldout_loss(
-                    &model_of(&template, &ps),
+                    &model_of(&template, &ps, mask.as_ref()),
                     h,
                     seq_len,
                     opts.batch_size,
@@ -342,7 +404,7 @@ pub fn pretrain(
     }
     let final_eval = match heldout {
         Some(h) => Some(heldout_loss(
-            &model_of(&template, &ps),
+            &model_of(&template, &ps, mask.as_ref()),
             h,
             seq_len,
             opts.batch_size,

@@ -291,20 +291,25 @@ fn soup_of_no_change_is_the_anchor() {
     }
 }
 
-#[test]
-fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
-    let config = tiny_config();
-    let data = stream(3_000, 2);
-    let held = stream(400, 50);
-    let opts = TrainOptions {
-        steps: 8,
+/// Settings of the small pretraining runs below.
+fn pretrain_opts(steps: u64) -> TrainOptions {
+    TrainOptions {
+        steps,
         batch_size: 4,
         seq_len: 32,
         lr: 1e-2,
         warmup: 2,
         eval_tokens: 400,
         ..TrainOptions::default()
-    };
+    }
+}
+
+#[test]
+fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
+    let config = tiny_config();
+    let data = stream(3_000, 2);
+    let held = stream(400, 50);
+    let opts = pretrain_opts(8);
     let start = init_anchor(&config, 1).unwrap();
     let before = {
         let m = FlexOlmo::from_tensors(&config, &start.tensors, &device()).unwrap();
@@ -318,6 +323,7 @@ fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
             out_dir: dir,
             checkpoint_every: 4,
             tokenizer_dir: None,
+            context_heads: 0,
         };
         pretrain(r, &data, Some(&held), &device(), &mut |_| {}).unwrap()
     };
@@ -337,6 +343,7 @@ fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
         out_dir: Some(dir.path()),
         checkpoint_every: 4,
         tokenizer_dir: None,
+        context_heads: 0,
     };
     let mut seen = 0;
     pretrain(r, &data, Some(&held), &device(), &mut |s| seen = s.step).unwrap();
@@ -350,6 +357,72 @@ fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
         let d = max_abs_diff(&resumed.tensors.get(name).unwrap().data, &t.data);
         assert!(d < 1e-5, "{name} differs after resume by {d}");
     }
+}
+
+#[test]
+fn context_heads_keep_zero_queries_through_training_and_resume() {
+    let config = tiny_config();
+    let data = stream(3_000, 2);
+    let held = stream(400, 50);
+    let opts = pretrain_opts(6);
+    let start = init_anchor(&config, 3).unwrap();
+    let hd = config.head_dim();
+    let run = |start: Checkpoint, resume, dir: Option<&std::path::Path>, heads| {
+        let r = PretrainRun {
+            start,
+            resume,
+            opts: opts.clone(),
+            out_dir: dir,
+            checkpoint_every: 3,
+            tokenizer_dir: None,
+            context_heads: heads,
+        };
+        pretrain(r, &data, Some(&held), &device(), &mut |_| {}).unwrap()
+    };
+    let (plain, _) = run(start.clone(), None, None, 0);
+    let (ctx, loss) = run(start.clone(), None, None, 1);
+    assert!(loss.unwrap().is_finite());
+    for l in 0..config.num_hidden_layers {
+        let name = format!("model.layers.{l}.self_attn.q_proj.weight");
+        let q = ctx.tensors.get(&name).unwrap();
+        let [_, cols] = q.dims2().unwrap();
+        let (head0, rest) = q.data.split_at(hd * cols);
+        assert!(
+            head0.iter().all(|&v| v == 0.0),
+            "{name}: head 0 query moved"
+        );
+        let before = &start.tensors.get(&name).unwrap().data[hd * cols..];
+        assert!(
+            max_abs_diff(rest, before) > 1e-4,
+            "{name}: the other heads did not train"
+        );
+        // Without context heads, head 0's query trains like any other.
+        let p = plain.tensors.get(&name).unwrap();
+        assert!(p.data[..hd * cols].iter().any(|&v| v != 0.0));
+    }
+
+    // Resuming a context-head run ends where the uninterrupted one ended.
+    let dir = tempfile::tempdir().unwrap();
+    run(start.clone(), None, Some(dir.path()), 1);
+    let (ckpt, moments, state) = load_resume(dir.path()).unwrap().unwrap();
+    let (resumed, _) = run(ckpt, Some((moments, state)), None, 1);
+    for (name, t) in &ctx.tensors.0 {
+        let d = max_abs_diff(&resumed.tensors.get(name).unwrap().data, &t.data);
+        assert!(d < 1e-5, "{name} differs after resume by {d}");
+    }
+
+    // More context heads than heads is an error, not a panic.
+    let r = PretrainRun {
+        start,
+        resume: None,
+        opts: opts.clone(),
+        out_dir: None,
+        checkpoint_every: 0,
+        tokenizer_dir: None,
+        context_heads: config.num_attention_heads + 1,
+    };
+    let err = pretrain(r, &data, None, &device(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("context heads"), "{err}");
 }
 
 fn fixture_dir(name: &str) -> PathBuf {
