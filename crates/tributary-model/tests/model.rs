@@ -379,11 +379,13 @@ fn context_heads_keep_zero_queries_through_training_and_resume() {
         };
         pretrain(r, &data, Some(&held), &device(), &mut |_| {}).unwrap()
     };
+    let dir = tempfile::tempdir().unwrap();
     let (plain, _) = run(start.clone(), None, None, 0);
-    let (ctx, loss) = run(start.clone(), None, None, 1);
+    // This run also leaves a resumable state at step 3.
+    let (ctx, loss) = run(start.clone(), None, Some(dir.path()), 1);
     assert!(loss.unwrap().is_finite());
     for l in 0..config.num_hidden_layers {
-        let name = format!("model.layers.{l}.self_attn.q_proj.weight");
+        let name = names::attn(l, "q_proj");
         let q = ctx.tensors.get(&name).unwrap();
         let [_, cols] = q.dims2().unwrap();
         let (head0, rest) = q.data.split_at(hd * cols);
@@ -402,8 +404,6 @@ fn context_heads_keep_zero_queries_through_training_and_resume() {
     }
 
     // Resuming a context-head run ends where the uninterrupted one ended.
-    let dir = tempfile::tempdir().unwrap();
-    run(start.clone(), None, Some(dir.path()), 1);
     let (ckpt, moments, state) = load_resume(dir.path()).unwrap().unwrap();
     let (resumed, _) = run(ckpt, Some((moments, state)), None, 1);
     for (name, t) in &ctx.tensors.0 {
