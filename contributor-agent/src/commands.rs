@@ -32,19 +32,19 @@ pub struct BackendArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TrainingArgs {
     /// Optimiser steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.steps)]
     pub steps: u64,
     /// Sequences per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.batch_size)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW, warm-up then cosine decay).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.lr)]
     pub lr: f64,
     /// Tokens per training sequence (capped at the anchor's context length).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.seq_len)]
     pub seq_len: usize,
     /// Seed of batch sampling; the same seed, data and settings give the same expert.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.seed)]
     pub seed: u64,
     /// Public text that calibrates the router row, so that the expert is routed
     /// to on text like the contributor's and not on public text once merged with
@@ -52,28 +52,28 @@ pub struct TrainingArgs {
     #[arg(long, num_args = 1..)]
     pub calibration_text: Vec<PathBuf>,
     /// Weight of the router calibration term in the training objective.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.router_calibration_weight)]
     pub router_calibration: f64,
     /// Learning-rate multiplier of the router row (0 keeps the calibrated row fixed).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.router_lr_scale)]
     pub router_lr_scale: f64,
     /// Logit margin by which public calibration text must prefer the public
     /// expert (0: the decision boundary itself); larger values send fewer
     /// public tokens to this expert, at some cost on the contributor's own text.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.router_margin)]
     pub router_margin: f64,
     /// Start the router row from the Gaussian log-density ratio of own against
     /// public text (public covariance) times this scale, instead of the
     /// logistic fit (0, the default). Pair with `--router-lr-scale 0
     /// --router-calibration 0` to keep that row fixed (EXPERIMENT.md).
-    #[arg(long, default_value_t = 0.0, conflicts_with = "no_router_calibration")]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.router_gaussian_scale, conflicts_with = "no_router_calibration")]
     pub router_gaussian: f64,
     /// Weight of a language-modelling loss on the public calibration text,
     /// computed through the two-expert model (a quarter batch per step), so
     /// that the expert learns not to harm public text once merged. 0 trains on
     /// own text only, as FlexOlmo does; at this scale that expert doubles
     /// public perplexity wherever it is routed to (see EXPERIMENT.md).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.public_loss_weight)]
     pub public_loss: f64,
     /// Train without router calibration (the row then starts as the mean router
     /// input of the contributor's data; experts trained so merge badly).
@@ -243,6 +243,18 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         (docs, text::documents(&a.heldout)?)
     };
     let train_stream = text::stream(&train_docs, &tok)?;
+    let seq_len = a
+        .training
+        .seq_len
+        .min(anchor.config.max_position_embeddings);
+    if train_stream.len() <= seq_len {
+        bail!(
+            "the training text is {} tokens; an expert needs at least {} (one sequence of \
+             {seq_len} tokens and the next token): give more text or a smaller --seq-len",
+            train_stream.len(),
+            seq_len + 1
+        );
+    }
     let held_stream = if held_docs.is_empty() {
         None
     } else {

@@ -253,6 +253,21 @@ fn clear_errors_for_bad_input() {
         ],
         "not available",
     );
+    // Too little text for one training sequence: said in tokens, before any work.
+    let short = tmp.path().join("short.txt");
+    std::fs::write(&short, "A few words.").unwrap();
+    fails(
+        &[
+            "train",
+            "--anchor",
+            p(&anchor),
+            "--data",
+            p(&short),
+            "--out",
+            p(&tmp.path().join("e-short")),
+        ],
+        "an expert needs at least 65 (one sequence of 64 tokens",
+    );
 
     // An expert whose manifest names another anchor is refused at merge.
     let expert = tmp.path().join("expert");

@@ -55,27 +55,32 @@ pub struct TrainOptions {
     pub router_gaussian_scale: f64,
 }
 
+impl TrainOptions {
+    /// The defaults, as a constant so that command-line flags can name them.
+    pub const DEFAULT: Self = Self {
+        steps: 200,
+        batch_size: 8,
+        seq_len: 256,
+        lr: 2e-3,
+        warmup: 20,
+        weight_decay: 0.0,
+        seed: 0,
+        z_loss_weight: 1e-3,
+        eval_every: 0,
+        eval_tokens: 32_768,
+        router_calibration_weight: 1.0,
+        router_l2: 1e-2,
+        calibration_tokens: 16_384,
+        router_margin: 0.0,
+        router_lr_scale: 1.0,
+        public_loss_weight: 1.0,
+        router_gaussian_scale: 0.0,
+    };
+}
+
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self {
-            steps: 200,
-            batch_size: 8,
-            seq_len: 256,
-            lr: 2e-3,
-            warmup: 20,
-            weight_decay: 0.0,
-            seed: 0,
-            z_loss_weight: 1e-3,
-            eval_every: 0,
-            eval_tokens: 32_768,
-            router_calibration_weight: 1.0,
-            router_l2: 1e-2,
-            calibration_tokens: 16_384,
-            router_margin: 0.0,
-            router_lr_scale: 1.0,
-            public_loss_weight: 1.0,
-            router_gaussian_scale: 0.0,
-        }
+        Self::DEFAULT
     }
 }
 

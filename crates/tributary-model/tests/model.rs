@@ -80,6 +80,32 @@ fn train(anchor: &Checkpoint, digest: &str, seed: u32, steps: u64) -> ExpertPack
     .unwrap()
 }
 
+#[test]
+fn too_little_training_text_is_refused_with_its_size() {
+    let (anchor, digest) = anchor_with_router();
+    let opts = quick_opts(1);
+    for len in [0, 5, 32] {
+        let err = train_expert(
+            &anchor,
+            &digest,
+            &stream(len, 3),
+            None,
+            Some(&stream(2_000, 1)),
+            &opts,
+            &device(),
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&format!("has {len} tokens")) && err.contains("33 are needed"),
+            "{err}"
+        );
+    }
+    // One sequence and its next token are enough.
+    train_with(&anchor, &digest, &stream(33, 3), &stream(2_000, 1), &opts);
+}
+
 /// An expert trained on `data` with `opts`, calibrated against `public`, no held-out text.
 fn train_with(
     anchor: &Checkpoint,
