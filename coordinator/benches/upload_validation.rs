@@ -57,6 +57,7 @@ fn reference(config: &FlexOlmoConfig) -> AnchorReference {
         digest: Sha256Digest::of(b"synthetic anchor"),
         config: config.clone(),
         expected,
+        tokenizer: None,
     }
 }
 

@@ -80,6 +80,9 @@ pub enum AnchorError {
         /// The limit.
         limit: u64,
     },
+    /// `tokenizer.json` is not a tokenizer the model can use.
+    #[error("tokenizer.json is not usable: {0}")]
+    Tokenizer(String),
     /// The files do not form a one-expert `flex_olmo` checkpoint.
     #[error("not a one-expert flex_olmo checkpoint: {0}")]
     Model(#[from] ModelError),
@@ -197,16 +200,21 @@ pub async fn read_config(
 
 /// Loads the stored anchor as the reference uploads are validated against:
 /// fails unless `config.json` and `model.safetensors` form a one-expert
-/// `flex_olmo` checkpoint and `tokenizer.json` is JSON.
+/// `flex_olmo` checkpoint and `tokenizer.json` is a tokenizer with the
+/// end-of-text token whose vocabulary fits the model's.
 pub async fn load_reference(
     store: &BlobStore,
     files: &[AnchorFile],
 ) -> Result<Arc<AnchorReference>, AnchorError> {
     let config = read_config(store, files).await?;
-    let tokenizer = file(files, "tokenizer.json").ok_or(AnchorError::Missing("tokenizer.json"))?;
-    let tokenizer = read_blob(store, &tokenizer.sha256).await?;
-    serde_json::from_slice::<serde_json::Value>(&tokenizer)
-        .map_err(|e| ModelError::Config(format!("tokenizer.json: {e}")))?;
+    let tokenizer_file =
+        file(files, "tokenizer.json").ok_or(AnchorError::Missing("tokenizer.json"))?;
+    let tokenizer_sha = tokenizer_file.sha256;
+    let bytes = read_blob(store, &tokenizer_sha).await?;
+    let vocab_size = config.vocab_size;
+    tokio::task::spawn_blocking(move || check_tokenizer(&bytes, vocab_size))
+        .await
+        .map_err(|e| AnchorError::Tokenizer(format!("the tokenizer loader panicked: {e}")))??;
     let model = file(files, MODEL_FILE).ok_or(AnchorError::Missing(MODEL_FILE))?;
     let digest = model.sha256;
     let weights = read_blob(store, &digest).await?;
@@ -221,7 +229,24 @@ pub async fn load_reference(
     })
     .await
     .map_err(|e| ModelError::Argument(format!("the anchor loader panicked: {e}")))??;
-    Ok(Arc::new(reference))
+    Ok(Arc::new(AnchorReference {
+        tokenizer: Some(tokenizer_sha),
+        ..reference
+    }))
+}
+
+/// Fails unless `bytes` load as a tokenizer (with `<|endoftext|>`) whose
+/// every id is a row of a model with `vocab_size` embeddings.
+pub fn check_tokenizer(bytes: &[u8], vocab_size: usize) -> Result<(), AnchorError> {
+    let tokenizer = tributary_corpus::TextTokenizer::from_bytes(bytes, "tokenizer.json")
+        .map_err(|e| AnchorError::Tokenizer(e.to_string()))?;
+    let largest = tokenizer.largest_id();
+    if largest as usize >= vocab_size {
+        return Err(AnchorError::Tokenizer(format!(
+            "it has token id {largest}, but the model has {vocab_size} embeddings"
+        )));
+    }
+    Ok(())
 }
 
 /// The current anchor (`digest` `None`) or the one with `digest`.

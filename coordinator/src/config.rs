@@ -84,7 +84,9 @@ pub struct ServeArgs {
     /// directories of them) for the quality gate: an upload must not raise its
     /// perplexity by more than --gate-max-perplexity-increase nor capture more
     /// than --gate-max-routing-share of its tokens. Without it the gate is off.
-    /// Tokenized with the --anchor tokenizer.
+    /// Read with the current anchor's tokenizer (--anchor's at start); an
+    /// anchor under which it gives fewer tokens than one scoring window is
+    /// refused as current (GATE_TEXT_TOO_SHORT).
     #[arg(long, env = "TRIBUTARY_PUBLIC_VALIDATION", num_args = 1.., value_delimiter = ',')]
     #[serde(default)]
     pub public_validation: Vec<PathBuf>,

@@ -86,7 +86,7 @@ pub async fn serve(
         None => None,
     };
     let gate = match &config.gate {
-        Some(settings) => Some(load_gate(settings, config.anchor.as_deref()).await?),
+        Some(settings) => Some(load_gate(settings, anchor.as_deref(), &blobs).await?),
         None => None,
     };
     let policy = Policy {
@@ -225,10 +225,17 @@ async fn install_anchor(
     dir: &std::path::Path,
 ) -> Result<Arc<AnchorReference>> {
     let owned = dir.to_path_buf();
-    let anchor = tokio::task::spawn_blocking(move || AnchorReference::load(&owned))
-        .await
-        .context("the anchor loader panicked")?
-        .with_context(|| format!("loading the anchor {}", dir.display()))?;
+    let anchor = tokio::task::spawn_blocking(move || -> Result<AnchorReference> {
+        let anchor = AnchorReference::load(&owned)?;
+        let tokenizer = owned.join("tokenizer.json");
+        let bytes = std::fs::read(&tokenizer)
+            .with_context(|| format!("reading {}", tokenizer.display()))?;
+        anchor_store::check_tokenizer(&bytes, anchor.config.vocab_size)?;
+        Ok(anchor)
+    })
+    .await
+    .context("the anchor loader panicked")?
+    .with_context(|| format!("loading the anchor {}", dir.display()))?;
     let files = anchor_store::store_dir(blobs, dir)
         .await
         .with_context(|| format!("storing the anchor {}", dir.display()))?;
@@ -242,34 +249,26 @@ async fn install_anchor(
     Ok(Arc::new(anchor))
 }
 
-/// Tokenizes the public validation text with the anchor's tokenizer.
-async fn load_gate(settings: &GateSettings, anchor: Option<&std::path::Path>) -> Result<Gate> {
-    let anchor = anchor
-        .context(
-            "the quality gate (--public-validation) needs --anchor: its tokenizer reads the text",
-        )?
-        .to_path_buf();
-    let settings = settings.clone();
-    let tokens = tokio::task::spawn_blocking(move || -> Result<Vec<u32>> {
-        let tokenizer = tributary_corpus::TextTokenizer::load(&anchor)
-            .with_context(|| format!("loading the tokenizer of {}", anchor.display()))?;
-        let docs = tributary_corpus::read_documents(&settings.texts)
-            .context("reading the public validation text")?;
-        let mut tokens = tributary_corpus::token_stream(&docs, &tokenizer)
-            .context("tokenizing the public validation text")?;
-        tokens.truncate(settings.max_tokens);
-        Ok(tokens)
-    })
-    .await
-    .context("the tokenizer panicked")??;
-    anyhow::ensure!(
-        tokens.len() > settings.config.seq_len,
-        "the public validation text has {} tokens; the quality gate needs more than {}",
-        tokens.len(),
-        settings.config.seq_len
-    );
+/// Reads the public validation text and tokenizes it with the installed
+/// anchor's tokenizer, so that a text too short for the gate stops the
+/// coordinator at start.
+async fn load_gate(
+    settings: &GateSettings,
+    anchor: Option<&AnchorReference>,
+    blobs: &BlobStore,
+) -> Result<Gate> {
+    let anchor = anchor.context(
+        "the quality gate (--public-validation) needs --anchor: its tokenizer reads the text",
+    )?;
+    let texts = settings.texts.clone();
+    let documents = tokio::task::spawn_blocking(move || tributary_corpus::read_documents(&texts))
+        .await
+        .context("the text reader panicked")?
+        .context("reading the public validation text")?;
+    let gate = Gate::new(settings.config.clone(), documents, settings.max_tokens);
+    let tokens = gate.public_tokens(blobs, anchor).await?;
     tracing::info!(tokens = tokens.len(), "quality gate on");
-    Ok(Gate::new(settings.config.clone(), tokens))
+    Ok(gate)
 }
 
 /// Resolves on SIGINT or SIGTERM.

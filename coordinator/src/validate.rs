@@ -263,6 +263,9 @@ pub struct AnchorReference {
     pub config: FlexOlmoConfig,
     /// The expert layout, by tensor name.
     pub expected: BTreeMap<String, ExpectedTensor>,
+    /// SHA-256 of its `tokenizer.json`, when it came with one: the quality
+    /// gate reads its public text with the current anchor's tokenizer.
+    pub tokenizer: Option<Sha256Digest>,
 }
 
 impl AnchorReference {
@@ -297,16 +300,25 @@ impl AnchorReference {
             digest,
             config: anchor.config.clone(),
             expected,
+            tokenizer: None,
         })
     }
 
-    /// Reads an anchor checkpoint directory (digest = sha256 of its `model.safetensors`).
+    /// Reads an anchor checkpoint directory (digest = sha256 of its
+    /// `model.safetensors`; its `tokenizer.json`, if any, is noted by digest).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let anchor = Checkpoint::load(dir)?;
-        let hex = file_sha256(&dir.join("model.safetensors"))?;
-        let digest =
-            Sha256Digest::from_hex(&hex).map_err(|e| ModelError::Argument(e.to_string()))?;
-        Self::from_checkpoint(&anchor, digest)
+        let sha = |name: &str| -> Result<Sha256Digest, ModelError> {
+            let hex = file_sha256(&dir.join(name))?;
+            Sha256Digest::from_hex(&hex).map_err(|e| ModelError::Argument(e.to_string()))
+        };
+        let tokenizer = dir.join("tokenizer.json");
+        let mut reference = Self::from_checkpoint(&anchor, sha("model.safetensors")?)?;
+        reference.tokenizer = tokenizer
+            .is_file()
+            .then(|| sha("tokenizer.json"))
+            .transpose()?;
+        Ok(reference)
     }
 }
 

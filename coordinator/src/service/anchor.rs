@@ -46,7 +46,7 @@ impl From<AnchorError> for ServiceError {
             AnchorError::BadName(_) | AnchorError::Duplicate(_) => "BAD_FILE_NAME",
             AnchorError::Missing(_) => "ANCHOR_MISSING_FILE",
             AnchorError::TooLarge { .. } => "ANCHOR_TOO_LARGE",
-            AnchorError::Model(_) => "BAD_ANCHOR",
+            AnchorError::Model(_) | AnchorError::Tokenizer(_) => "BAD_ANCHOR",
             AnchorError::Blob(_) | AnchorError::Io { .. } => return Self::internal(error),
         };
         Self::invalid(reason, error.to_string())
@@ -220,6 +220,14 @@ impl Anchors {
             }
         };
         if header.make_current {
+            // The quality gate reads its text with the current anchor's
+            // tokenizer: refuse an anchor under which that text is too short.
+            if let Some(gate) = &state.gate
+                && let Err(e) = gate.public_tokens(&state.store, &reference).await
+            {
+                self.delete_blobs(&created).await;
+                return Err(e.into());
+            }
             anchor_store::set_current(&mut tx, &digest).await?;
         }
         if let Err(e) = tx.commit().await {

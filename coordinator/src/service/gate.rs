@@ -1,7 +1,11 @@
 //! DESIGN step 7 on the upload path: the quality gate run by the service.
 //!
-//! The operator's public validation text is tokenized once, at start, with the
-//! anchor's tokenizer. For an upload that passed steps 1–6, [`Gate::check`]
+//! The operator's public validation text is kept as documents and read with
+//! the current anchor's own tokenizer: once at start (so that a text too
+//! short for the gate stops the coordinator there), again whenever an anchor
+//! with another `tokenizer.json` is published as current (refused if the
+//! text is too short under it); the token ids of the last tokenizer used are
+//! kept, by its digest. For an upload that passed steps 1–6, [`Gate::check`]
 //! loads the current anchor (cached per digest), the experts of every head
 //! version the upload's consent would extend, and the candidate from the blob
 //! store, then runs [`quality_gate`] once per distinct expert set on a
@@ -13,6 +17,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::TryStreamExt as _;
+use tonic::Code;
+use tributary_corpus::{Document, TextTokenizer};
 use tributary_ledger::{Purpose, Sha256Digest};
 use tributary_model::checkpoint::Checkpoint;
 use tributary_model::weights::TensorMap;
@@ -24,10 +30,62 @@ use crate::validate::{
     AnchorReference, QualityGateConfig, QualityReport, load_expert, quality_gate,
 };
 
+/// Why the gate cannot read its public validation text for an anchor.
+#[derive(Debug, thiserror::Error)]
+pub enum GateTextError {
+    /// The anchor was loaded without its `tokenizer.json`.
+    #[error("anchor {0} has no tokenizer.json")]
+    NoTokenizer(Sha256Digest),
+    /// The tokenizer's blob could not be read.
+    #[error("reading the anchor's tokenizer.json: {0}")]
+    Blob(String),
+    /// The tokenizer failed on the text.
+    #[error("reading the public validation text with the tokenizer of anchor {anchor}: {source}")]
+    Tokenizer {
+        /// The anchor.
+        anchor: Sha256Digest,
+        /// What the tokenizer reported.
+        source: tributary_corpus::TokenizerError,
+    },
+    /// Too few tokens for one scoring window.
+    #[error(
+        "the quality gate's public validation text is {tokens} tokens with the tokenizer of \
+         anchor {anchor} (at most --gate-tokens {max_tokens} are read); one scoring window \
+         needs {needed}, so the gate cannot score uploads against this anchor"
+    )]
+    TooShort {
+        /// The anchor.
+        anchor: Sha256Digest,
+        /// Tokens the text gave.
+        tokens: usize,
+        /// The gate's token budget.
+        max_tokens: usize,
+        /// Tokens one window needs.
+        needed: usize,
+    },
+}
+
+impl From<GateTextError> for ServiceError {
+    fn from(error: GateTextError) -> Self {
+        match error {
+            GateTextError::TooShort { .. } => ServiceError::new(
+                Code::FailedPrecondition,
+                "GATE_TEXT_TOO_SHORT",
+                error.to_string(),
+            ),
+            other => ServiceError::internal(other),
+        }
+    }
+}
+
 /// The quality gate of a running coordinator.
 pub struct Gate {
     config: QualityGateConfig,
-    tokens: Arc<Vec<u32>>,
+    documents: Arc<Vec<Document>>,
+    max_tokens: usize,
+    /// The public text as the last tokenizer used read it, by that
+    /// `tokenizer.json`'s digest.
+    tokens: tokio::sync::Mutex<Option<(Sha256Digest, Arc<Vec<u32>>)>>,
     anchor: tokio::sync::Mutex<Option<(Sha256Digest, Arc<Checkpoint>)>>,
 }
 
@@ -35,7 +93,8 @@ impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
             .field("config", &self.config)
-            .field("tokens", &self.tokens.len())
+            .field("documents", &self.documents.len())
+            .field("max_tokens", &self.max_tokens)
             .finish_non_exhaustive()
     }
 }
@@ -50,18 +109,66 @@ async fn read_blob(store: &BlobStore, digest: &Sha256Digest) -> ServiceResult<Ve
 }
 
 impl Gate {
-    /// A gate scoring `tokens` (the public validation text) with `config`.
-    pub fn new(config: QualityGateConfig, tokens: Vec<u32>) -> Self {
+    /// A gate scoring the first `max_tokens` tokens of `documents` (the
+    /// public validation text) with `config`.
+    pub fn new(config: QualityGateConfig, documents: Vec<Document>, max_tokens: usize) -> Self {
         Self {
             config,
-            tokens: Arc::new(tokens),
+            documents: Arc::new(documents),
+            max_tokens,
+            tokens: tokio::sync::Mutex::new(None),
             anchor: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Tokens of public validation text it scores.
-    pub fn tokens(&self) -> usize {
-        self.tokens.len()
+    /// The public validation text as `anchor`'s tokenizer reads it: the
+    /// tokens the gate scores for uploads against `anchor`. Tokenizes when
+    /// the anchor's `tokenizer.json` differs from the last one used; fails
+    /// ([`GateTextError::TooShort`]) when the text has fewer than
+    /// `seq_len + 1` tokens, not one full scoring window.
+    pub async fn public_tokens(
+        &self,
+        store: &BlobStore,
+        anchor: &AnchorReference,
+    ) -> Result<Arc<Vec<u32>>, GateTextError> {
+        let tokenizer = anchor
+            .tokenizer
+            .ok_or(GateTextError::NoTokenizer(anchor.digest))?;
+        let mut cached = self.tokens.lock().await;
+        if let Some((digest, tokens)) = cached.as_ref()
+            && *digest == tokenizer
+        {
+            return Ok(tokens.clone());
+        }
+        let bytes = read_blob(store, &tokenizer)
+            .await
+            .map_err(|e| GateTextError::Blob(e.detail))?;
+        let documents = self.documents.clone();
+        let max_tokens = self.max_tokens;
+        let tokens = tokio::task::spawn_blocking(move || {
+            let tokenizer = TextTokenizer::from_bytes(&bytes, format!("blob {tokenizer}"))?;
+            let mut tokens = tributary_corpus::token_stream(&documents, &tokenizer)?;
+            tokens.truncate(max_tokens);
+            Ok::<_, tributary_corpus::TokenizerError>(tokens)
+        })
+        .await
+        .map_err(|e| GateTextError::Blob(format!("the tokenizer panicked: {e}")))?
+        .map_err(|source| GateTextError::Tokenizer {
+            anchor: anchor.digest,
+            source,
+        })?;
+        if tokens.len() <= self.config.seq_len {
+            return Err(GateTextError::TooShort {
+                anchor: anchor.digest,
+                tokens: tokens.len(),
+                max_tokens,
+                needed: self.config.seq_len + 1,
+            });
+        }
+        tracing::info!(anchor = %anchor.digest, tokens = tokens.len(), "quality gate text tokenized");
+        let tokens = Arc::new(tokens);
+        *cached = Some((tokenizer, tokens.clone()));
+        Ok(tokens)
     }
 
     async fn checkpoint(
@@ -113,6 +220,7 @@ impl Gate {
             sets.insert(experts);
         }
         let checkpoint = self.checkpoint(store, anchor).await?;
+        let tokens = self.public_tokens(store, anchor).await?;
         let load = |bytes: Vec<u8>| load_expert(&bytes, anchor).map_err(ServiceError::internal);
         let candidate = load(read_blob(store, candidate).await?)?;
         let mut last = None;
@@ -124,7 +232,7 @@ impl Gate {
             let (checkpoint, candidate, tokens, config) = (
                 checkpoint.clone(),
                 candidate.clone(),
-                self.tokens.clone(),
+                tokens.clone(),
                 self.config.clone(),
             );
             let report = tokio::task::spawn_blocking(move || {

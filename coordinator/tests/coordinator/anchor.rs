@@ -14,8 +14,8 @@ use tributary_ledger::Sha256Digest;
 use tributary_model::checkpoint::Checkpoint;
 use tributary_protos::v1;
 
-use crate::servers::{Options, TestServer, config_for, enrol};
-use crate::service::{CHECKPOINT_FILES, assert_refused, file_names, upload_accepted};
+use crate::servers::{Options, TestServer, config_for, enrol, gate_config, public_heldout, terms};
+use crate::service::{CHECKPOINT_FILES, assert_refused, file_names, upload, upload_accepted};
 use crate::validate::{anchor, anchor_dir};
 
 /// Every regular file of `dir` with its bytes, sorted by name.
@@ -255,6 +255,27 @@ async fn bad_anchor_publishes_are_refused_and_leave_nothing_behind() {
         })
         .collect();
     let (garbage_listing, garbage_body) = wire(&garbage);
+    // A tokenizer.json that is JSON but no tokenizer.
+    let not_tokenizer: Vec<_> = files
+        .iter()
+        .map(|(n, b)| {
+            let bytes = if n == "tokenizer.json" {
+                b"{\"version\": \"1.0\"}".to_vec()
+            } else {
+                b.clone()
+            };
+            (n.clone(), bytes)
+        })
+        .collect();
+    let (not_tokenizer_listing, not_tokenizer_body) = wire(&not_tokenizer);
+    // A tokenizer with an id past the model's embeddings.
+    let too_wide = server.dir.path().join("too-wide");
+    write_variant(&too_wide, 0.5);
+    let vocab = anchor().0.config.vocab_size;
+    edit_tokenizer(&too_wide, |json| {
+        json["model"]["vocab"]["zzqzz"] = serde_json::json!(vocab);
+    });
+    let (too_wide_listing, too_wide_body) = wire(&read_files(&too_wide));
 
     let cases: Vec<(&str, Vec<v1::AnchorFile>, &[u8], &str)> = vec![
         (
@@ -282,6 +303,18 @@ async fn bad_anchor_publishes_are_refused_and_leave_nothing_behind() {
             "garbage weights",
             garbage_listing,
             garbage_body.as_slice(),
+            "BAD_ANCHOR",
+        ),
+        (
+            "not a tokenizer",
+            not_tokenizer_listing,
+            not_tokenizer_body.as_slice(),
+            "BAD_ANCHOR",
+        ),
+        (
+            "an id past the embeddings",
+            too_wide_listing,
+            too_wide_body.as_slice(),
             "BAD_ANCHOR",
         ),
     ];
@@ -369,5 +402,133 @@ async fn an_anchor_over_the_size_limit_is_refused_before_its_bytes() {
     let refused = operator.publish_anchor(&fresh, true).await;
     assert_refused(refused, Code::InvalidArgument, "ANCHOR_TOO_LARGE");
     assert_eq!(at_rest(&server, &store).await, before);
+    server.stop().await;
+}
+
+/// Rewrites the `tokenizer.json` of `dir` with `edit`.
+fn edit_tokenizer(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+}
+
+/// The quality gate's text (as `servers::config_for` sets it up) read with
+/// the tokenizer of the checkpoint directory `dir`.
+fn gate_tokens(dir: &Path) -> Vec<u32> {
+    let tokenizer = tributary_corpus::TextTokenizer::load(dir).unwrap();
+    let documents = tributary_corpus::read_documents(&[public_heldout()]).unwrap();
+    let mut tokens = tributary_corpus::token_stream(&documents, &tokenizer).unwrap();
+    tokens.truncate(1025);
+    tokens
+}
+
+#[tokio::test]
+async fn the_quality_gate_reads_its_text_with_the_current_anchors_tokenizer() {
+    use crate::validate::{scaled_tensors, upload_of};
+
+    let server = TestServer::start(Options {
+        gate: true,
+        ..Options::for_uploads()
+    })
+    .await;
+    let store = BlobStore::open_local(&server.dir.path().join("blobs")).unwrap();
+    let base = server.client().await;
+    let operator = base.with_signer(server.operator());
+    let alice = enrol(&server, &base, "alice", 43).await;
+    let gate = server.running.state.gate.as_ref().unwrap();
+    let shipped = server.running.state.current_anchor().unwrap();
+    let shipped_tokens = gate_tokens(&anchor_dir());
+    assert_eq!(
+        *gate.public_tokens(&store, &shipped).await.unwrap(),
+        shipped_tokens
+    );
+
+    // A new anchor whose tokenizer has no merges reads text byte by byte.
+    let bytewise = server.dir.path().join("bytewise");
+    write_variant(&bytewise, 1.5);
+    edit_tokenizer(&bytewise, |json| {
+        json["model"]["merges"] = serde_json::json!([])
+    });
+    let expected = gate_tokens(&bytewise);
+    assert_ne!(expected, shipped_tokens);
+    operator.publish_anchor(&bytewise, true).await.unwrap();
+    let current = server.running.state.current_anchor().unwrap();
+    assert_ne!(current.digest, shipped.digest);
+    assert_eq!(
+        *gate.public_tokens(&store, &current).await.unwrap(),
+        expected
+    );
+
+    // An upload against it is judged on those tokens. This candidate, a copy
+    // of the public FFN routed by -r_pub, passes the gate on the text as the
+    // shipped tokenizer reads it but is the first choice of most byte-level
+    // tokens; the server's figures and decision are those of the gate run
+    // here on the byte-level tokens.
+    let (payload, mut candidate) = upload_of(&scaled_tensors(1.0, -1.0));
+    candidate.anchor = current.digest;
+    let reference = coordinator::validate::AnchorReference::load(&bytewise).unwrap();
+    let checkpoint = Checkpoint::load(&bytewise).unwrap();
+    let expert = coordinator::validate::load_expert(&payload, &reference).unwrap();
+    let gate_on = |tokens: &[u32]| {
+        coordinator::validate::quality_gate(&checkpoint, &[], &expert, tokens, &gate_config())
+            .unwrap()
+    };
+    assert!(gate_on(&shipped_tokens).rejection.is_none());
+    let local = gate_on(&expected);
+    assert!(local.rejection.is_some());
+    let mut consent = terms("c-bytewise", "alice", b"");
+    consent.expert = candidate.total;
+    alice.grant_consent(consent).await.unwrap();
+    let status = upload(&server, &alice, "s-bytewise", &payload, &candidate).await;
+    assert_eq!(
+        status.state,
+        v1::SubmissionState::Rejected as i32,
+        "{status:?}"
+    );
+    assert_eq!(status.reason_code, "QUALITY_GATE_ROUTING");
+    let gate_results = &status.results[status.results.len() - 2..];
+    let steps: Vec<&str> = gate_results.iter().map(|r| r.step.as_str()).collect();
+    assert_eq!(steps, ["public_perplexity", "public_routing_share"]);
+    let reported = &gate_results[0].detail;
+    let (before, after) = reported
+        .strip_prefix("public perplexity ")
+        .and_then(|r| r.split_once(" ("))
+        .and_then(|(pair, _)| pair.split_once(" -> "))
+        .map(|(b, a)| (b.parse::<f64>().unwrap(), a.parse::<f64>().unwrap()))
+        .unwrap_or_else(|| panic!("unexpected detail {reported:?}"));
+    let share: f64 = gate_results[1].figure.parse().unwrap();
+    for (got, want) in [
+        (before, local.perplexity_before),
+        (after, local.perplexity_after),
+        (share, local.routing_share),
+    ] {
+        assert!(
+            (got / want - 1.0).abs() < 1e-9,
+            "{got} vs {want} ({reported})"
+        );
+    }
+
+    // A tokenizer that reads the text as nothing: the gate could not score
+    // it, so the anchor is refused as current and nothing of it is kept.
+    let blank = server.dir.path().join("blank");
+    write_variant(&blank, 2.0);
+    edit_tokenizer(&blank, |json| {
+        json["normalizer"] = serde_json::json!({
+            "type": "Replace",
+            "pattern": {"Regex": "[\\s\\S]+"},
+            "content": ""
+        });
+    });
+    assert!(gate_tokens(&blank).len() <= 128);
+    let before = at_rest(&server, &store).await;
+    let refused = operator.publish_anchor(&blank, true).await;
+    assert_refused(refused, Code::FailedPrecondition, "GATE_TEXT_TOO_SHORT");
+    assert_eq!(at_rest(&server, &store).await, before);
+    assert_eq!(
+        server.running.state.current_anchor().unwrap().digest,
+        current.digest
+    );
     server.stop().await;
 }

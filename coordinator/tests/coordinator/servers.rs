@@ -85,6 +85,15 @@ pub fn public_heldout() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/slices/public/heldout.jsonl")
 }
 
+/// The quality gate's thresholds and window of a test coordinator.
+pub fn gate_config() -> QualityGateConfig {
+    QualityGateConfig {
+        seq_len: 128,
+        batch_size: 8,
+        ..QualityGateConfig::default()
+    }
+}
+
 /// The configuration of a test coordinator.
 pub fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> ServeConfig {
     ServeConfig {
@@ -110,11 +119,7 @@ pub fn config_for(db: &TestDb, dir: &Path, ca: &DevCa, options: &Options) -> Ser
         gate: options.gate.then(|| GateSettings {
             texts: vec![public_heldout()],
             max_tokens: 1025,
-            config: QualityGateConfig {
-                seq_len: 128,
-                batch_size: 8,
-                ..QualityGateConfig::default()
-            },
+            config: gate_config(),
         }),
         publish_every: options.publish_every,
         expiry_check: options.expiry_check,

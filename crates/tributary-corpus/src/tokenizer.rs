@@ -107,6 +107,17 @@ impl TextTokenizer {
         Self::from_inner(inner).map_err(|()| TokenizerError::NoEos { path: file })
     }
 
+    /// Load a tokenizer from the bytes of a `tokenizer.json` file; `name`
+    /// says in errors where the bytes came from.
+    pub fn from_bytes(bytes: &[u8], name: impl Into<PathBuf>) -> Result<Self, TokenizerError> {
+        let path = name.into();
+        let inner = Tokenizer::from_bytes(bytes).map_err(|error| TokenizerError::Load {
+            path: path.clone(),
+            message: error.to_string(),
+        })?;
+        Self::from_inner(inner).map_err(|()| TokenizerError::NoEos { path })
+    }
+
     fn from_inner(inner: Tokenizer) -> Result<Self, ()> {
         let eos_id = inner.token_to_id(EOS_TOKEN).ok_or(())?;
         let vocab_size = inner.get_vocab_size(true);
@@ -115,6 +126,15 @@ impl TextTokenizer {
             eos_id,
             vocab_size,
         })
+    }
+
+    /// The largest token id it can produce (its vocabulary and added tokens).
+    pub fn largest_id(&self) -> u32 {
+        self.inner
+            .get_vocab(true)
+            .into_values()
+            .max()
+            .unwrap_or(self.eos_id)
     }
 
     /// Train a byte-level BPE tokenizer on `docs` with `vocab_size` entries in
@@ -374,6 +394,28 @@ mod tests {
         .unwrap();
         assert_eq!(config["eos_token"], EOS_TOKEN);
         assert_eq!(config["added_tokens_decoder"]["0"]["special"], true);
+    }
+
+    #[test]
+    fn bytes_load_like_the_file_and_bad_bytes_name_their_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        small().save(dir.path()).unwrap();
+        let bytes = fs::read(dir.path().join(TOKENIZER_FILE)).unwrap();
+        let loaded = TextTokenizer::from_bytes(&bytes, "stored tokenizer").unwrap();
+        let text = "From bytes: ✓ 123";
+        assert_eq!(loaded.encode(text).unwrap(), small().encode(text).unwrap());
+        assert_eq!(loaded.vocab_size(), small().vocab_size());
+        assert_eq!(loaded.largest_id() as usize, small().vocab_size() - 1);
+
+        let error = TextTokenizer::from_bytes(b"{}", "blob abc").unwrap_err();
+        assert!(matches!(error, TokenizerError::Load { .. }), "{error}");
+        assert!(error.to_string().contains("blob abc"), "{error}");
+        // A tokenizer without the end-of-text token is refused too.
+        let text = String::from_utf8(bytes)
+            .unwrap()
+            .replace(EOS_TOKEN, "<|other|>");
+        let error = TextTokenizer::from_bytes(text.as_bytes(), "renamed").unwrap_err();
+        assert!(matches!(error, TokenizerError::NoEos { .. }), "{error}");
     }
 
     #[test]
