@@ -236,6 +236,29 @@ impl AppState {
             .insert(checkpoint, sha);
     }
 
+    /// The current anchor as the database records it, which is what uploads
+    /// are validated against: another coordinator on the same database may
+    /// have published one since this process loaded its own, and then that
+    /// one is loaded from the blob store (one query when nothing changed).
+    pub async fn fresh_anchor(
+        &self,
+    ) -> ServiceResult<Option<Arc<crate::validate::AnchorReference>>> {
+        let mut conn = self.pool.acquire().await?;
+        let row = crate::anchor_store::find(&mut conn, None).await?;
+        drop(conn);
+        let known = self.current_anchor();
+        let Some(row) = row else { return Ok(known) };
+        if let Some(anchor) = known
+            && anchor.digest == row.digest
+        {
+            return Ok(Some(anchor));
+        }
+        let reference = crate::anchor_store::load_reference(&self.store, &row.files).await?;
+        self.set_current_anchor(reference.clone());
+        tracing::info!(anchor = %row.digest, "another coordinator made this anchor current; loaded it");
+        Ok(Some(reference))
+    }
+
     /// Makes `anchor` the one new uploads are validated against.
     pub fn set_current_anchor(&self, anchor: Arc<crate::validate::AnchorReference>) {
         *self

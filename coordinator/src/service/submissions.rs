@@ -178,7 +178,7 @@ impl Submissions {
                 signed.detail,
             ));
         }
-        let anchor = state.current_anchor().ok_or_else(|| {
+        let anchor = state.fresh_anchor().await?.ok_or_else(|| {
             ServiceError::new(
                 Code::FailedPrecondition,
                 "NO_ANCHOR",

@@ -132,7 +132,7 @@ async fn expire(state: &AppState, id: &ConsentId) -> ServiceResult<bool> {
 /// current anchor whose active consent allows the purpose and which the
 /// purpose's head does not list; returns the versions published.
 pub async fn publish_pending(state: &AppState) -> ServiceResult<Vec<VersionNumber>> {
-    let Some(anchor) = state.current_anchor().map(|a| a.digest) else {
+    let Some(anchor) = state.fresh_anchor().await?.map(|a| a.digest) else {
         return Ok(Vec::new());
     };
     expire_due(state).await?;

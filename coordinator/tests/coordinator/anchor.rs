@@ -50,7 +50,7 @@ fn wire(files: &[(String, Vec<u8>)]) -> (Vec<v1::AnchorFile>, Vec<u8>) {
 
 /// Writes a variant of the shipped anchor (its final norm scaled by
 /// `scale`, so another digest) with the shipped tokenizer files.
-fn write_variant(dir: &Path, scale: f32) {
+pub(crate) fn write_variant(dir: &Path, scale: f32) {
     let mut checkpoint: Checkpoint = anchor().0.clone();
     let mut norm = checkpoint.tensors.take("model.norm.weight").unwrap();
     norm.data.iter_mut().for_each(|v| *v *= scale);

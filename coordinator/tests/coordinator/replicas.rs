@@ -146,3 +146,56 @@ async fn two_coordinators_on_one_database_append_concurrently_into_one_log() {
     replica.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_replica_validates_uploads_against_the_anchor_another_replica_published() {
+    use crate::service::upload;
+    use crate::validate::{scaled_tensors, upload_of};
+
+    let server = TestServer::start(Options::for_uploads()).await;
+    let replica = server.replica().await;
+    let base = server.client().await;
+    let operator = base.with_signer(server.operator());
+    let registered = enrol(&server, &base, "alice", 61).await;
+    let alice = server
+        .connect(&replica.url())
+        .await
+        .with_signer(registered.signer().unwrap().clone());
+    let shipped = replica.running.state.current_anchor().unwrap().digest;
+
+    // The operator publishes a new anchor through the first coordinator.
+    let fresh = server.dir.path().join("fresh");
+    crate::anchor::write_variant(&fresh, 1.5);
+    let published = operator.publish_anchor(&fresh, true).await.unwrap();
+    let fresh_digest = tributary_ledger::Sha256Digest::of(
+        &std::fs::read(fresh.join("model.safetensors")).unwrap(),
+    );
+    assert_eq!(published.digest.unwrap().sha256, fresh_digest.0.to_vec());
+    assert_ne!(fresh_digest, shipped);
+
+    // An expert for it, uploaded through the replica, is validated against it.
+    let (payload, mut manifest) = upload_of(&scaled_tensors(1.0, -1.0));
+    manifest.anchor = fresh_digest;
+    let mut consent = terms("c-fresh", "alice", b"");
+    consent.expert = manifest.total;
+    alice.grant_consent(consent).await.unwrap();
+    let status = upload(&server, &alice, "s-fresh", &payload, &manifest).await;
+    assert_eq!(
+        status.state,
+        v1::SubmissionState::Accepted as i32,
+        "{status:?}"
+    );
+    assert_eq!(
+        replica.running.state.current_anchor().unwrap().digest,
+        fresh_digest
+    );
+    // And one for the anchor it started with is now refused there.
+    let (payload, stale) = upload_of(&scaled_tensors(1.0, -0.5));
+    let mut consent = terms("c-stale", "alice", b"");
+    consent.expert = stale.total;
+    alice.grant_consent(consent).await.unwrap();
+    let status = upload(&server, &alice, "s-stale", &payload, &stale).await;
+    assert_eq!(status.reason_code, "WRONG_ANCHOR", "{status:?}");
+    replica.stop().await;
+    server.stop().await;
+}
