@@ -275,6 +275,30 @@ pub async fn find(
     }))
 }
 
+/// Whether an anchor with `digest` is stored, and the current anchor's
+/// digest (reads no file list, so rows of any form do).
+pub async fn known_and_current(
+    conn: &mut sqlx::PgConnection,
+    digest: &Sha256Digest,
+) -> Result<(bool, Option<Sha256Digest>), sqlx::Error> {
+    let row = sqlx::query(
+        r"SELECT EXISTS (SELECT 1 FROM anchors WHERE digest = $1) AS known,
+                 (SELECT digest FROM anchors WHERE is_current) AS current",
+    )
+    .bind(digest.0.as_slice())
+    .fetch_one(conn)
+    .await?;
+    let current = row
+        .try_get::<Option<Vec<u8>>, _>("current")?
+        .map(|bytes| {
+            <[u8; 32]>::try_from(bytes)
+                .map(Sha256Digest)
+                .map_err(|_| sqlx::Error::Decode("an anchor digest has 32 bytes".into()))
+        })
+        .transpose()?;
+    Ok((row.try_get("known")?, current))
+}
+
 /// Inserts a new anchor row (not current); `false` when one with this digest
 /// exists already (its files are left as they are).
 pub async fn insert(

@@ -39,8 +39,10 @@ pub struct ServeArgs {
     /// environment variables) or `file:///srv/blobs`. Wins over --blob-dir.
     #[arg(long, env = "TRIBUTARY_BLOB_URL")]
     pub blob_url: Option<String>,
-    /// Anchor checkpoint directory uploads are validated against (its
-    /// `model.safetensors` is stored as a blob and recorded as the current anchor).
+    /// Anchor checkpoint directory uploads are validated against (its files
+    /// are stored as blobs and it is recorded as the current anchor — unless
+    /// it was stored before and another anchor has been made current since,
+    /// by PublishAnchor, which then stays current).
     #[arg(long, env = "TRIBUTARY_ANCHOR")]
     pub anchor: Option<PathBuf>,
     /// PEM certificate (chain) of the gRPC server.

@@ -217,8 +217,11 @@ pub async fn serve(
 }
 
 /// Loads the anchor checkpoint in `dir`, stores every file of it as a blob
-/// (streamed) and records it as the current row of `anchors`. Running it
-/// again with the same directory changes nothing.
+/// (streamed) and records it in `anchors`, as the current anchor unless the
+/// database already held it and has another one current: then a later
+/// `PublishAnchor` made that one current, and a restart (or another
+/// replica started with the same directory) keeps it and returns it.
+/// Running it again with the same directory changes nothing.
 async fn install_anchor(
     pool: &sqlx::PgPool,
     blobs: &BlobStore,
@@ -242,7 +245,25 @@ async fn install_anchor(
     anchor_store::check_listing(&files, u64::MAX)
         .with_context(|| format!("the anchor {}", dir.display()))?;
     let mut tx = pool.begin().await?;
+    anchor_store::lock_publishing(&mut tx).await?;
+    let (known, current) = anchor_store::known_and_current(&mut tx, &anchor.digest).await?;
     anchor_store::upsert(&mut tx, &anchor.digest, &files).await?;
+    if known
+        && let Some(current) = current
+        && current != anchor.digest
+        && let Some(current) = anchor_store::find(&mut tx, Some(&current)).await?
+    {
+        tx.commit().await?;
+        tracing::warn!(
+            anchor = %anchor.digest,
+            current = %current.digest,
+            "--anchor {} was published before; the anchor made current since stays current",
+            dir.display()
+        );
+        return anchor_store::load_reference(blobs, &current.files)
+            .await
+            .with_context(|| format!("loading the current anchor {}", current.digest));
+    }
     anchor_store::set_current(&mut tx, &anchor.digest).await?;
     tx.commit().await?;
     tracing::info!(anchor = %anchor.digest, files = files.len(), "anchor loaded");

@@ -148,7 +148,7 @@ async fn two_coordinators_on_one_database_append_concurrently_into_one_log() {
 }
 
 #[tokio::test]
-async fn a_replica_validates_uploads_against_the_anchor_another_replica_published() {
+async fn replicas_validate_uploads_against_the_anchor_another_replica_published() {
     use crate::service::upload;
     use crate::validate::{scaled_tensors, upload_of};
 
@@ -196,6 +196,22 @@ async fn a_replica_validates_uploads_against_the_anchor_another_replica_publishe
     alice.grant_consent(consent).await.unwrap();
     let status = upload(&server, &alice, "s-stale", &payload, &stale).await;
     assert_eq!(status.reason_code, "WRONG_ANCHOR", "{status:?}");
+
+    // A coordinator started later with the original directory keeps the
+    // published anchor current instead of reverting to its own.
+    let late = server.replica().await;
+    assert_eq!(
+        late.running.state.current_anchor().unwrap().digest,
+        fresh_digest
+    );
+    let current = base
+        .anchors()
+        .get_anchor(v1::GetAnchorRequest { digest: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(current.digest.unwrap().sha256, fresh_digest.0.to_vec());
+    late.stop().await;
     replica.stop().await;
     server.stop().await;
 }
