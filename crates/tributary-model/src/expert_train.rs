@@ -139,13 +139,7 @@ pub fn train_expert(
     let ad = device.clone().autodiff();
     let base = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &ad)?;
     let seq_len = opts.seq_len.min(anchor.config.max_position_embeddings);
-    if train.len() <= seq_len {
-        return Err(ModelError::Argument(format!(
-            "the training text has {} tokens; at least seq_len + 1 = {} are needed",
-            train.len(),
-            seq_len + 1
-        )));
-    }
+    crate::objective::check_one_window(train, seq_len)?;
     let anchor_heldout = match heldout {
         Some(h) => Some(heldout_loss(
             &base,

@@ -103,6 +103,18 @@ pub struct StepInfo {
     pub eval_loss: Option<f64>,
 }
 
+/// Fails unless `stream` holds one training window: `seq_len` tokens and the next.
+pub fn check_one_window(stream: &[u32], seq_len: usize) -> Result<(), ModelError> {
+    if stream.len() <= seq_len {
+        return Err(ModelError::Argument(format!(
+            "the training text has {} tokens; at least seq_len + 1 = {} are needed",
+            stream.len(),
+            seq_len + 1
+        )));
+    }
+    Ok(())
+}
+
 /// Draws `batch` windows of `seq_len + 1` tokens for `step`; the draw depends only
 /// on `(seed, step)`, so a resumed run sees the same batches.
 pub fn sample_batch(
@@ -112,13 +124,7 @@ pub fn sample_batch(
     seed: u64,
     step: u64,
 ) -> Result<Vec<u32>, ModelError> {
-    if stream.len() < seq_len + 1 {
-        return Err(ModelError::Argument(format!(
-            "the training text has {} tokens; at least seq_len + 1 = {} are needed",
-            stream.len(),
-            seq_len + 1
-        )));
-    }
+    check_one_window(stream, seq_len)?;
     let mut rng = StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut out = Vec::with_capacity(batch * (seq_len + 1));
     for _ in 0..batch {
