@@ -14,8 +14,10 @@ use tributary_ledger::Sha256Digest;
 use tributary_model::checkpoint::Checkpoint;
 use tributary_protos::v1;
 
-use crate::servers::{Options, TestServer, config_for, enrol, gate_config, public_heldout, terms};
-use crate::service::{CHECKPOINT_FILES, assert_refused, file_names, upload, upload_accepted};
+use crate::servers::{Options, TestServer, config_for, enrol, gate_config, public_heldout};
+use crate::service::{
+    CHECKPOINT_FILES, assert_refused, consent_for, file_names, upload, upload_accepted,
+};
 use crate::validate::{anchor, anchor_dir};
 
 /// Every regular file of `dir` with its bytes, sorted by name.
@@ -478,9 +480,7 @@ async fn the_quality_gate_reads_its_text_with_the_current_anchors_tokenizer() {
     assert!(gate_on(&shipped_tokens).rejection.is_none());
     let local = gate_on(&expected);
     assert!(local.rejection.is_some());
-    let mut consent = terms("c-bytewise", "alice", b"");
-    consent.expert = candidate.total;
-    alice.grant_consent(consent).await.unwrap();
+    consent_for(&alice, "c-bytewise", &candidate, None).await;
     let status = upload(&server, &alice, "s-bytewise", &payload, &candidate).await;
     assert_eq!(
         status.state,

@@ -149,7 +149,7 @@ async fn two_coordinators_on_one_database_append_concurrently_into_one_log() {
 
 #[tokio::test]
 async fn replicas_validate_uploads_against_the_anchor_another_replica_published() {
-    use crate::service::upload;
+    use crate::service::{consent_for, upload};
     use crate::validate::{scaled_tensors, upload_of};
 
     let server = TestServer::start(Options::for_uploads()).await;
@@ -176,9 +176,7 @@ async fn replicas_validate_uploads_against_the_anchor_another_replica_published(
     // An expert for it, uploaded through the replica, is validated against it.
     let (payload, mut manifest) = upload_of(&scaled_tensors(1.0, -1.0));
     manifest.anchor = fresh_digest;
-    let mut consent = terms("c-fresh", "alice", b"");
-    consent.expert = manifest.total;
-    alice.grant_consent(consent).await.unwrap();
+    consent_for(&alice, "c-fresh", &manifest, None).await;
     let status = upload(&server, &alice, "s-fresh", &payload, &manifest).await;
     assert_eq!(
         status.state,
@@ -191,9 +189,7 @@ async fn replicas_validate_uploads_against_the_anchor_another_replica_published(
     );
     // And one for the anchor it started with is now refused there.
     let (payload, stale) = upload_of(&scaled_tensors(1.0, -0.5));
-    let mut consent = terms("c-stale", "alice", b"");
-    consent.expert = stale.total;
-    alice.grant_consent(consent).await.unwrap();
+    consent_for(&alice, "c-stale", &stale, None).await;
     let status = upload(&server, &alice, "s-stale", &payload, &stale).await;
     assert_eq!(status.reason_code, "WRONG_ANCHOR", "{status:?}");
 

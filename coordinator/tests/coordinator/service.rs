@@ -720,7 +720,7 @@ async fn audited_entries(client: &Client) -> Vec<Vec<u8>> {
 }
 
 /// Grants `alice` a research consent `id` for `manifest`'s expert, expiring at `expires_at`.
-async fn consent_for(
+pub(crate) async fn consent_for(
     client: &Client,
     id: &str,
     manifest: &tributary_ledger::event::ExpertManifest,
