@@ -81,12 +81,12 @@ pub async fn serve(
         None => BlobStore::open_local(&config.blob_dir)
             .with_context(|| format!("opening the blob store {}", config.blob_dir.display()))?,
     };
-    let anchor = match &config.anchor {
-        Some(dir) => Some(install_anchor(&pool, &blobs, dir).await?),
+    let gate = match &config.gate {
+        Some(settings) => Some(read_gate_text(settings, config.anchor.is_some()).await?),
         None => None,
     };
-    let gate = match &config.gate {
-        Some(settings) => Some(load_gate(settings, anchor.as_deref(), &blobs).await?),
+    let anchor = match &config.anchor {
+        Some(dir) => Some(install_anchor(&pool, &blobs, dir, gate.as_ref()).await?),
         None => None,
     };
     let policy = Policy {
@@ -222,37 +222,61 @@ pub async fn serve(
 /// `PublishAnchor` made that one current, and a restart (or another
 /// replica started with the same directory) keeps it and returns it.
 /// Running it again with the same directory changes nothing.
+///
+/// With a quality `gate`, the anchor that is to be current must read the
+/// gate's text as at least one scoring window; otherwise the start fails
+/// before anything is written: no row, no current anchor, no blob.
 async fn install_anchor(
     pool: &sqlx::PgPool,
     blobs: &BlobStore,
     dir: &std::path::Path,
+    gate: Option<&Gate>,
 ) -> Result<Arc<AnchorReference>> {
     let owned = dir.to_path_buf();
-    let anchor = tokio::task::spawn_blocking(move || -> Result<AnchorReference> {
-        let anchor = AnchorReference::load(&owned)?;
-        let tokenizer = owned.join("tokenizer.json");
-        let bytes = std::fs::read(&tokenizer)
-            .with_context(|| format!("reading {}", tokenizer.display()))?;
-        anchor_store::check_tokenizer(&bytes, anchor.config.vocab_size)?;
-        Ok(anchor)
-    })
-    .await
-    .context("the anchor loader panicked")?
-    .with_context(|| format!("loading the anchor {}", dir.display()))?;
+    let (anchor, tokenizer_json) =
+        tokio::task::spawn_blocking(move || -> Result<(AnchorReference, Vec<u8>)> {
+            let anchor = AnchorReference::load(&owned)?;
+            let tokenizer = owned.join("tokenizer.json");
+            let bytes = std::fs::read(&tokenizer)
+                .with_context(|| format!("reading {}", tokenizer.display()))?;
+            anchor_store::check_tokenizer(&bytes, anchor.config.vocab_size)?;
+            Ok((anchor, bytes))
+        })
+        .await
+        .context("the anchor loader panicked")?
+        .with_context(|| format!("loading the anchor {}", dir.display()))?;
+    let mut tx = pool.begin().await?;
+    anchor_store::lock_publishing(&mut tx).await?;
+    let (known, current) = anchor_store::known_and_current(&mut tx, &anchor.digest).await?;
+    let kept = match current {
+        Some(current) if known && current != anchor.digest => {
+            anchor_store::find(&mut tx, Some(&current)).await?
+        }
+        _ => None,
+    };
+    let kept = match kept {
+        Some(row) => Some(
+            anchor_store::load_reference(blobs, &row.files)
+                .await
+                .with_context(|| format!("loading the current anchor {}", row.digest))?,
+        ),
+        None => None,
+    };
+    if let Some(gate) = gate {
+        let tokens = match &kept {
+            Some(current) => gate.public_tokens(blobs, current).await,
+            None => gate.public_tokens_of(&anchor, tokenizer_json).await,
+        }
+        .context("the quality gate (--public-validation) cannot use the anchor")?;
+        tracing::info!(tokens = tokens.len(), "quality gate on");
+    }
     let files = anchor_store::store_dir(blobs, dir)
         .await
         .with_context(|| format!("storing the anchor {}", dir.display()))?;
     anchor_store::check_listing(&files, u64::MAX)
         .with_context(|| format!("the anchor {}", dir.display()))?;
-    let mut tx = pool.begin().await?;
-    anchor_store::lock_publishing(&mut tx).await?;
-    let (known, current) = anchor_store::known_and_current(&mut tx, &anchor.digest).await?;
     anchor_store::upsert(&mut tx, &anchor.digest, &files).await?;
-    if known
-        && let Some(current) = current
-        && current != anchor.digest
-        && let Some(current) = anchor_store::find(&mut tx, Some(&current)).await?
-    {
+    if let Some(current) = kept {
         tx.commit().await?;
         tracing::warn!(
             anchor = %anchor.digest,
@@ -260,9 +284,7 @@ async fn install_anchor(
             "--anchor {} was published before; the anchor made current since stays current",
             dir.display()
         );
-        return anchor_store::load_reference(blobs, &current.files)
-            .await
-            .with_context(|| format!("loading the current anchor {}", current.digest));
+        return Ok(current);
     }
     anchor_store::set_current(&mut tx, &anchor.digest).await?;
     tx.commit().await?;
@@ -270,26 +292,23 @@ async fn install_anchor(
     Ok(Arc::new(anchor))
 }
 
-/// Reads the public validation text and tokenizes it with the installed
-/// anchor's tokenizer, so that a text too short for the gate stops the
-/// coordinator at start.
-async fn load_gate(
-    settings: &GateSettings,
-    anchor: Option<&AnchorReference>,
-    blobs: &BlobStore,
-) -> Result<Gate> {
-    let anchor = anchor.context(
-        "the quality gate (--public-validation) needs --anchor: its tokenizer reads the text",
-    )?;
+/// Reads the public validation text of the quality gate; the anchor
+/// installed next must tokenize it (see [`install_anchor`]).
+async fn read_gate_text(settings: &GateSettings, has_anchor: bool) -> Result<Gate> {
+    anyhow::ensure!(
+        has_anchor,
+        "the quality gate (--public-validation) needs --anchor: its tokenizer reads the text"
+    );
     let texts = settings.texts.clone();
     let documents = tokio::task::spawn_blocking(move || tributary_corpus::read_documents(&texts))
         .await
         .context("the text reader panicked")?
         .context("reading the public validation text")?;
-    let gate = Gate::new(settings.config.clone(), documents, settings.max_tokens);
-    let tokens = gate.public_tokens(blobs, anchor).await?;
-    tracing::info!(tokens = tokens.len(), "quality gate on");
-    Ok(gate)
+    Ok(Gate::new(
+        settings.config.clone(),
+        documents,
+        settings.max_tokens,
+    ))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -108,6 +108,14 @@ async fn read_blob(store: &BlobStore, digest: &Sha256Digest) -> ServiceResult<Ve
     Ok(bytes)
 }
 
+/// Where [`Gate::tokens_with`] finds the anchor's `tokenizer.json`.
+enum TokenizerSource<'a> {
+    /// In the blob store, by the digest the anchor reference notes.
+    Store(&'a BlobStore),
+    /// Read already (from the directory an anchor is installed from).
+    Bytes(Vec<u8>),
+}
+
 impl Gate {
     /// A gate scoring the first `max_tokens` tokens of `documents` (the
     /// public validation text) with `config`.
@@ -131,6 +139,27 @@ impl Gate {
         store: &BlobStore,
         anchor: &AnchorReference,
     ) -> Result<Arc<Vec<u32>>, GateTextError> {
+        self.tokens_with(anchor, TokenizerSource::Store(store))
+            .await
+    }
+
+    /// As [`Gate::public_tokens`], with `anchor`'s `tokenizer.json` given as
+    /// bytes (`anchor.tokenizer` must be their digest): checks an anchor
+    /// before any of its files is stored.
+    pub async fn public_tokens_of(
+        &self,
+        anchor: &AnchorReference,
+        tokenizer_json: Vec<u8>,
+    ) -> Result<Arc<Vec<u32>>, GateTextError> {
+        self.tokens_with(anchor, TokenizerSource::Bytes(tokenizer_json))
+            .await
+    }
+
+    async fn tokens_with(
+        &self,
+        anchor: &AnchorReference,
+        source: TokenizerSource<'_>,
+    ) -> Result<Arc<Vec<u32>>, GateTextError> {
         let tokenizer = anchor
             .tokenizer
             .ok_or(GateTextError::NoTokenizer(anchor.digest))?;
@@ -140,9 +169,12 @@ impl Gate {
         {
             return Ok(tokens.clone());
         }
-        let bytes = read_blob(store, &tokenizer)
-            .await
-            .map_err(|e| GateTextError::Blob(e.detail))?;
+        let bytes = match source {
+            TokenizerSource::Store(store) => read_blob(store, &tokenizer)
+                .await
+                .map_err(|e| GateTextError::Blob(e.detail))?,
+            TokenizerSource::Bytes(bytes) => bytes,
+        };
         let documents = self.documents.clone();
         let max_tokens = self.max_tokens;
         let tokens = tokio::task::spawn_blocking(move || {

@@ -416,6 +416,19 @@ fn edit_tokenizer(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
 }
 
+/// Writes to `dir` an anchor (a variant of the shipped one) whose tokenizer
+/// reads every text as nothing.
+fn write_blank_anchor(dir: &Path) {
+    write_variant(dir, 2.0);
+    edit_tokenizer(dir, |json| {
+        json["normalizer"] = serde_json::json!({
+            "type": "Replace",
+            "pattern": {"Regex": "[\\s\\S]+"},
+            "content": ""
+        });
+    });
+}
+
 /// The quality gate's text (as `servers::config_for` sets it up) read with
 /// the tokenizer of the checkpoint directory `dir`.
 fn gate_tokens(dir: &Path) -> Vec<u32> {
@@ -513,14 +526,7 @@ async fn the_quality_gate_reads_its_text_with_the_current_anchors_tokenizer() {
     // A tokenizer that reads the text as nothing: the gate could not score
     // it, so the anchor is refused as current and nothing of it is kept.
     let blank = server.dir.path().join("blank");
-    write_variant(&blank, 2.0);
-    edit_tokenizer(&blank, |json| {
-        json["normalizer"] = serde_json::json!({
-            "type": "Replace",
-            "pattern": {"Regex": "[\\s\\S]+"},
-            "content": ""
-        });
-    });
+    write_blank_anchor(&blank);
     assert!(gate_tokens(&blank).len() <= 128);
     let before = at_rest(&server, &store).await;
     let refused = operator.publish_anchor(&blank, true).await;
@@ -530,5 +536,59 @@ async fn the_quality_gate_reads_its_text_with_the_current_anchors_tokenizer() {
         server.running.state.current_anchor().unwrap().digest,
         current.digest
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_start_on_an_anchor_that_cannot_read_the_gate_text_changes_nothing() {
+    let (server, store) = start().await;
+    let base = server.client().await;
+    let installed = current(&base).await;
+    // A new anchor whose tokenizer reads the gate's text as nothing.
+    let blank = server.dir.path().join("blank");
+    write_blank_anchor(&blank);
+    let before = at_rest(&server, &store).await;
+
+    // A second coordinator on the same database, with the gate on, started
+    // from that directory: it refuses to start and writes nothing, so the
+    // running one (and any other replica) keeps the anchor it had.
+    let options = Options {
+        gate: true,
+        anchor: blank.clone(),
+        max_message_bytes: 1 << 20,
+        ..Options::default()
+    };
+    let config = config_for(&server.db, server.dir.path(), &server.ca, &options);
+    let refused = coordinator::server::serve(config, std::future::pending())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("quality gate") && message.contains("one scoring window"),
+        "{message}"
+    );
+    assert_eq!(at_rest(&server, &store).await, before);
+    assert_eq!(current(&base).await, installed);
+
+    // The same directory without the gate starts, and makes it current.
+    let config = config_for(
+        &server.db,
+        server.dir.path(),
+        &server.ca,
+        &Options {
+            gate: false,
+            ..options
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = coordinator::server::serve(config, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    assert_ne!(current(&base).await, installed);
+    let _ = stop.send(());
+    second.wait().await.unwrap();
     server.stop().await;
 }
