@@ -24,6 +24,8 @@ use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
+use crate::vmath;
+
 type Ad = Autodiff<Flex, NoCheckpointing>;
 type AdTensor = <Ad as burn::backend::BackendTypes>::FloatTensorPrimitive;
 
@@ -163,13 +165,8 @@ fn cross_entropy_with_gradient(x: &[f32], v: usize, targets: &[u32]) -> (f32, Ve
             let mut loss = 0f64;
             for ((g, row), &t) in g.chunks_mut(v).zip(rows.chunks(v)).zip(ts) {
                 let t = t as usize;
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &a) in g.iter_mut().zip(row) {
-                    let e = (a - max).exp();
-                    *o = e;
-                    sum += e;
-                }
+                let max = vmath::max(row);
+                let sum = vmath::exp_into(g, row, 1.0, max);
                 let scale = inv_n / sum;
                 for o in g.iter_mut() {
                     *o *= scale;
@@ -207,9 +204,8 @@ fn row_nlls(x: &[f32], v: usize, targets: &[u32]) -> Vec<f32> {
 
 /// `logsumexp(row) - row[t]`: one row's negative log-likelihood of target `t`.
 fn row_nll(row: &[f32], t: usize) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|&a| (a - max).exp()).sum();
-    sum.ln() + max - row[t]
+    let max = vmath::max(row);
+    vmath::sum_exp(row, max).ln() + max - row[t]
 }
 
 /// Log-probability of each row's target under `softmax(logits)` (`[n, vocab]`
@@ -315,13 +311,8 @@ fn causal_softmax_rows(x: &[f32], t: usize, scale: f32) -> Vec<f32> {
             for (r, (o, row)) in o.chunks_mut(t).zip(rows.chunks(t)).enumerate() {
                 let q = (c * chunk + r) % t;
                 let live = &row[..=q];
-                let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max) * scale;
-                let mut sum = 0f32;
-                for (o, &a) in o[..=q].iter_mut().zip(live) {
-                    let e = (a * scale - max).exp();
-                    *o = e;
-                    sum += e;
-                }
+                let max = vmath::max(live) * scale;
+                let sum = vmath::exp_into(&mut o[..=q], live, scale, max);
                 let inv = 1.0 / sum;
                 for o in &mut o[..=q] {
                     *o *= inv;
@@ -408,10 +399,6 @@ fn composed_swiglu(gate_up: Tensor<2>) -> Tensor<2> {
     silu(gate) * up
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 fn swiglu_rows(x: &[f32], inter: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len() / 2];
     let chunk = rows_per_task(2 * inter);
@@ -420,9 +407,7 @@ fn swiglu_rows(x: &[f32], inter: usize) -> Vec<f32> {
         .for_each(|(o, rows)| {
             for (o, row) in o.chunks_mut(inter).zip(rows.chunks(2 * inter)) {
                 let (g, u) = row.split_at(inter);
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g * sigmoid(g) * u;
-                }
+                vmath::swiglu(o, g, u);
             }
         });
     out
@@ -458,12 +443,7 @@ impl Backward<Flex, 1> for SwigluBackward {
                 {
                     let (dg, du) = dx.split_at_mut(inter);
                     let (g, u) = x.split_at(inter);
-                    for i in 0..inter {
-                        let s = sigmoid(g[i]);
-                        let silu = g[i] * s;
-                        du[i] = dy[i] * silu;
-                        dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                    }
+                    vmath::swiglu_backward(dg, du, g, u, dy);
                 }
             });
         grads.register::<Flex>(parent.id, flex(dx, &shape));

@@ -40,6 +40,7 @@ pub mod objective;
 pub mod optim;
 pub mod pretrain;
 pub mod router;
+mod vmath;
 pub mod weights;
 
 pub use checkpoint::Checkpoint;
