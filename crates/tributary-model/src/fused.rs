@@ -106,25 +106,42 @@ fn wrap_plain<const D: usize>(t: FlexTensor) -> Tensor<D> {
 pub fn cross_entropy(logits: Tensor<2>, targets: &[u32]) -> Tensor<1> {
     let [n, v] = logits.dims();
     check_targets(n, v, targets);
-    match host(logits) {
+    scalar_loss(
+        logits,
+        |x| cross_entropy_with_gradient(x, v, targets),
+        |x| mean_nll(x, v, targets),
+        |t| composed_cross_entropy(t, targets),
+    )
+}
+
+/// A scalar loss of the `[n, w]` rows of `input`: on `flex`, with gradients
+/// tracked, `with_gradient` gives the loss and the input's gradient (the
+/// backward step only scales it), otherwise `loss` gives the loss; on other
+/// backends `composed` computes it from tensor operations.
+fn scalar_loss(
+    input: Tensor<2>,
+    with_gradient: impl FnOnce(&[f32]) -> (f32, Vec<f32>),
+    loss: impl FnOnce(&[f32]) -> f32,
+    composed: impl FnOnce(Tensor<2>) -> Tensor<1>,
+) -> Tensor<1> {
+    let shape = input.dims();
+    match host(input) {
         Host::Tracked(ad) => {
             let x = values(ad.primitive());
-            match CrossEntropyBackward
+            match ScaledGradientBackward
                 .prepare::<NoCheckpointing>([ad.node()])
                 .compute_bound()
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    let (loss, grad) = cross_entropy_with_gradient(&x, v, targets);
-                    wrap(prep.finish(flex(grad, &[n, v]), flex(vec![loss], &[1])))
+                    let (loss, grad) = with_gradient(&x);
+                    wrap(prep.finish(flex(grad, &shape), flex(vec![loss], &[1])))
                 }
-                OpsKind::UnTracked(prep) => {
-                    wrap(prep.finish(flex(vec![mean_nll(&x, v, targets)], &[1])))
-                }
+                OpsKind::UnTracked(prep) => wrap(prep.finish(flex(vec![loss(&x)], &[1]))),
             }
         }
-        Host::Plain(p) => wrap_plain(flex(vec![mean_nll(&values(&p), v, targets)], &[1])),
-        Host::Other(t) => composed_cross_entropy(t, targets),
+        Host::Plain(p) => wrap_plain(flex(vec![loss(&values(&p))], &[1])),
+        Host::Other(t) => composed(t),
     }
 }
 
@@ -154,9 +171,16 @@ fn composed_target_log_probs(logits: Tensor<2>, targets: &[u32]) -> Tensor<2> {
 /// Mean loss over rows and its gradient `(softmax - onehot) / n`.
 fn cross_entropy_with_gradient(x: &[f32], v: usize, targets: &[u32]) -> (f32, Vec<f32>) {
     let n = targets.len();
-    let inv_n = 1.0 / n as f32;
-    let chunk = rows_per_task(v);
     let mut grad = vec![0f32; n * v];
+    let loss = losses_and_gradient(x, v, targets, 1.0 / n as f32, &mut grad);
+    ((loss / n as f64) as f32, grad)
+}
+
+/// Writes each row's `(softmax - onehot) · inv_n` into `grad` and returns
+/// the sum of the rows' losses, added in chunk order so that it does not
+/// depend on thread scheduling.
+fn losses_and_gradient(x: &[f32], v: usize, targets: &[u32], inv_n: f32, grad: &mut [f32]) -> f64 {
+    let chunk = rows_per_task(v);
     let partial: Vec<f64> = grad
         .par_chunks_mut(v * chunk)
         .zip(x.par_chunks(v * chunk))
@@ -177,8 +201,7 @@ fn cross_entropy_with_gradient(x: &[f32], v: usize, targets: &[u32]) -> (f32, Ve
             loss
         })
         .collect();
-    // Summed in chunk order, so the loss does not depend on thread scheduling.
-    ((partial.iter().sum::<f64>() / n as f64) as f32, grad)
+    partial.iter().sum()
 }
 
 /// Mean of [`row_nlls`], summed in row order.
@@ -229,11 +252,15 @@ pub fn target_log_probs(logits: Tensor<2>, targets: &[u32]) -> Vec<f32> {
     }
 }
 
+/// The backward step of a scalar loss whose gradient with respect to its
+/// input was computed in the forward pass ([`cross_entropy`]: `(softmax -
+/// onehot) / n`; [`linear_cross_entropy`]: that times the LM head): it only
+/// scales it by the loss's upstream gradient.
 #[derive(Debug)]
-struct CrossEntropyBackward;
+struct ScaledGradientBackward;
 
-impl Backward<Flex, 1> for CrossEntropyBackward {
-    /// `(softmax - onehot) / n`, computed in the forward pass.
+impl Backward<Flex, 1> for ScaledGradientBackward {
+    /// The input's gradient for an upstream gradient of 1.
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -249,6 +276,103 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
         }
         grads.register::<Flex>(parent.id, grad);
     }
+}
+
+// ---------------------------------------------------------------------------
+// LM head and cross-entropy, over chunks of rows
+// ---------------------------------------------------------------------------
+
+/// Rows whose logits [`linear_cross_entropy`] holds at once: 256 rows of a
+/// 4096-token vocabulary are 4 MiB, where a step's 2048 rows are 32 MiB.
+#[cfg(not(test))]
+const LOGIT_ROWS: usize = 256;
+#[cfg(test)]
+const LOGIT_ROWS: usize = 5;
+
+/// [`cross_entropy`] of `hidden · weight` (`[n, h]` hidden states, `[h, vocab]`
+/// LM head): the training loss, computed so that the `[n, vocab]` logits and
+/// their gradient never exist whole.
+///
+/// With a frozen `weight` (expert training) on `flex`, the logits of
+/// [`LOGIT_ROWS`] rows at a time are computed, turned into the loss and the
+/// gradient `(softmax - onehot) / n` and multiplied back through the head,
+/// so the forward pass leaves only the hidden states' gradient `[n, h]` for
+/// the backward step to scale. A weight that is trained (anchor
+/// pretraining), or another backend, takes the plain product and
+/// [`cross_entropy`].
+///
+/// # Panics
+/// As [`cross_entropy`], and if the inner dimensions differ.
+pub fn linear_cross_entropy(hidden: Tensor<2>, weight: &Tensor<2>, targets: &[u32]) -> Tensor<1> {
+    let [n, h] = hidden.dims();
+    let [wh, v] = weight.dims();
+    assert_eq!(h, wh, "hidden width differs from the LM head's");
+    check_targets(n, v, targets);
+    if weight.is_require_grad() {
+        return cross_entropy(hidden.matmul(weight.clone()), targets);
+    }
+    let head = match host(weight.clone()) {
+        Host::Tracked(ad) => ad.primitive().clone(),
+        Host::Plain(p) => p,
+        Host::Other(w) => return cross_entropy(hidden.matmul(w), targets),
+    };
+    scalar_loss(
+        hidden,
+        |x| {
+            let (loss, dx) = head_losses(x, h, &head, targets, true);
+            (loss, dx.unwrap_or_default())
+        },
+        |x| head_losses(x, h, &head, targets, false).0,
+        |x| cross_entropy(x.matmul(weight.clone()), targets),
+    )
+}
+
+/// The contiguous values of a plain flex tensor produced here.
+fn plain_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    match t.try_into_primitive::<Flex>() {
+        Ok(p) => values(&p).into_owned(),
+        Err(_) => unreachable!("a product of plain flex tensors is a plain flex tensor"),
+    }
+}
+
+/// Mean loss of `x · head` (`x`: `[n, h]` rows, `head`: `[h, v]`) over
+/// `targets`, [`LOGIT_ROWS`] rows at a time; with `gradient`, also the
+/// gradient with respect to `x`, `((softmax - onehot) / n) · headᵀ`.
+fn head_losses(
+    x: &[f32],
+    h: usize,
+    head: &FlexTensor,
+    targets: &[u32],
+    gradient: bool,
+) -> (f32, Option<Vec<f32>>) {
+    let n = targets.len();
+    let head = wrap_plain::<2>(head.clone());
+    let v = head.dims()[1];
+    let head_t = head.clone().transpose();
+    let inv_n = 1.0 / n as f32;
+    let mut loss = 0f64;
+    let mut dx = gradient.then(|| Vec::with_capacity(n * h));
+    for (rows, ts) in x.chunks(LOGIT_ROWS * h).zip(targets.chunks(LOGIT_ROWS)) {
+        let c = ts.len();
+        let logits = wrap_plain::<2>(flex(rows.to_vec(), &[c, h])).matmul(head.clone());
+        let logits = plain_values(logits);
+        match dx.as_mut() {
+            Some(dx) => {
+                let mut grad = vec![0f32; c * v];
+                loss += losses_and_gradient(&logits, v, ts, inv_n, &mut grad);
+                let back = wrap_plain::<2>(flex(grad, &[c, v])).matmul(head_t.clone());
+                dx.extend_from_slice(&plain_values(back));
+            }
+            None => {
+                loss += row_nlls(&logits, v, ts)
+                    .iter()
+                    .copied()
+                    .map(f64::from)
+                    .sum::<f64>();
+            }
+        }
+    }
+    ((loss / n as f64) as f32, dx)
 }
 
 // ---------------------------------------------------------------------------
@@ -687,6 +811,68 @@ mod tests {
             Tensor::<2>::from_data(TensorData::new(logits.clone(), [n, v]), &Device::flex());
         let fused = host_values(cross_entropy(plain.clone(), &targets));
         let composed = host_values(composed_cross_entropy(plain, &targets));
+        assert_close("plain loss", &fused, &composed, 1e-5);
+    }
+
+    #[test]
+    fn linear_cross_entropy_matches_the_product_then_the_loss() {
+        // 23 rows: four full chunks of LOGIT_ROWS (5 in tests) and a short one.
+        let (n, h, v) = (23, 7, 31);
+        let x = numbers(n * h, 21, 2.0);
+        let w = numbers(h * v, 22, 1.5);
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 13 + 4) % v) as u32).collect();
+        let device = Device::flex().autodiff();
+        // A frozen head on the autodiff device (expert training): the chunked path.
+        let frozen = Tensor::<2>::from_data(TensorData::new(w.clone(), [h, v]), &device);
+        for upstream in [1.0f32, -0.37] {
+            let fused = value_and_grad(
+                |x| linear_cross_entropy(x, &frozen, &targets),
+                &x,
+                [n, h],
+                &[upstream],
+            );
+            let composed = value_and_grad(
+                |x| composed_cross_entropy(x.matmul(frozen.clone()), &targets),
+                &x,
+                [n, h],
+                &[upstream],
+            );
+            assert_close("loss", &fused.0, &composed.0, 1e-5);
+            assert_close("hidden gradient", &fused.1, &composed.1, 1e-5);
+        }
+        // A trained head (anchor pretraining) gets its gradient too.
+        let trained = leaf(w.clone(), [h, v]);
+        let hidden = leaf(x.clone(), [n, h]);
+        let grads = linear_cross_entropy(hidden.clone(), &trained, &targets).backward();
+        let (trained_c, hidden_c) = (leaf(w.clone(), [h, v]), leaf(x.clone(), [n, h]));
+        let grads_c =
+            composed_cross_entropy(hidden_c.clone().matmul(trained_c.clone()), &targets).backward();
+        for (what, a, b) in [
+            (
+                "head gradient",
+                trained.grad(&grads),
+                trained_c.grad(&grads_c),
+            ),
+            (
+                "hidden gradient",
+                hidden.grad(&grads),
+                hidden_c.grad(&grads_c),
+            ),
+        ] {
+            assert_close(
+                what,
+                &host_values(a.unwrap()),
+                &host_values(b.unwrap()),
+                1e-5,
+            );
+        }
+        // Without autodiff, the same loss.
+        let plain = |values: &[f32], shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(values.to_vec(), shape), &Device::flex())
+        };
+        let (px, pw) = (plain(&x, [n, h]), plain(&w, [h, v]));
+        let fused = host_values(linear_cross_entropy(px.clone(), &pw, &targets));
+        let composed = host_values(composed_cross_entropy(px.matmul(pw), &targets));
         assert_close("plain loss", &fused, &composed, 1e-5);
     }
 

@@ -177,8 +177,12 @@ pub fn lm_loss_traced(
     // A window's last token is only a target, so the forward pass never sees it.
     model.check_tokens(windows)?;
     let (inputs, targets) = inputs_and_targets(windows, batch);
-    let logits = model.logits(&inputs, batch, trace)?;
-    Ok(crate::fused::cross_entropy(logits, &targets))
+    let hidden = model.hidden(&inputs, batch, trace)?;
+    Ok(crate::fused::linear_cross_entropy(
+        hidden,
+        &model.lm_head,
+        &targets,
+    ))
 }
 
 /// The router z-loss of recorded router logits: mean over tokens of
