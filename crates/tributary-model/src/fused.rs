@@ -327,10 +327,11 @@ pub fn linear_cross_entropy(hidden: Tensor<2>, weight: &Tensor<2>, targets: &[u3
     )
 }
 
-/// The contiguous values of a plain flex tensor produced here.
-fn plain_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+/// The primitive of a plain flex tensor produced here (read it with [`values`],
+/// which borrows a contiguous one).
+fn plain<const D: usize>(t: Tensor<D>) -> FlexTensor {
     match t.try_into_primitive::<Flex>() {
-        Ok(p) => values(&p).into_owned(),
+        Ok(p) => p,
         Err(_) => unreachable!("a product of plain flex tensors is a plain flex tensor"),
     }
 }
@@ -355,13 +356,14 @@ fn head_losses(
     for (rows, ts) in x.chunks(LOGIT_ROWS * h).zip(targets.chunks(LOGIT_ROWS)) {
         let c = ts.len();
         let logits = wrap_plain::<2>(flex(rows.to_vec(), &[c, h])).matmul(head.clone());
-        let logits = plain_values(logits);
+        let logits = plain(logits);
+        let logits = values(&logits);
         match dx.as_mut() {
             Some(dx) => {
                 let mut grad = vec![0f32; c * v];
                 loss += losses_and_gradient(&logits, v, ts, inv_n, &mut grad);
                 let back = wrap_plain::<2>(flex(grad, &[c, v])).matmul(head_t.clone());
-                dx.extend_from_slice(&plain_values(back));
+                dx.extend_from_slice(&values(&plain(back)));
             }
             None => {
                 loss += row_nlls(&logits, v, ts)
