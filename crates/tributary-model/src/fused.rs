@@ -26,8 +26,8 @@ use rayon::prelude::*;
 
 use crate::vmath;
 
-type Ad = Autodiff<Flex, NoCheckpointing>;
-type AdTensor = <Ad as burn::backend::BackendTypes>::FloatTensorPrimitive;
+pub(crate) type Ad = Autodiff<Flex, NoCheckpointing>;
+pub(crate) type AdTensor = <Ad as burn::backend::BackendTypes>::FloatTensorPrimitive;
 
 /// Elements handed to one rayon task: enough work to amortise scheduling.
 /// Tests use small tasks so that their inputs cross task boundaries.
@@ -37,12 +37,12 @@ const TASK_ELEMENTS: usize = 16_384;
 const TASK_ELEMENTS: usize = 64;
 
 /// Rows handed to one rayon task.
-fn rows_per_task(row_len: usize) -> usize {
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (TASK_ELEMENTS / row_len.max(1)).max(1)
 }
 
 /// Where a float tensor lives, as far as the fused kernels care.
-enum Host<const D: usize> {
+pub(crate) enum Host<const D: usize> {
     /// On `flex` under autodiff.
     Tracked(AdTensor),
     /// On `flex` without autodiff.
@@ -51,7 +51,7 @@ enum Host<const D: usize> {
     Other(Tensor<D>),
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Host<D> {
+pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Host<D> {
     // The kernels read and write `f32`; other precisions take the composed path.
     if t.dtype() != DType::F32 {
         return Host::Other(t);
@@ -66,7 +66,7 @@ fn host<const D: usize>(t: Tensor<D>) -> Host<D> {
 }
 
 /// The contiguous `f32` values of a flex tensor (copying only when its layout needs it).
-fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+pub(crate) fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => match t.to_contiguous().as_slice::<f32>() {
@@ -77,15 +77,15 @@ fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
-fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
+pub(crate) fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape.to_vec()))
 }
 
-fn wrap<const D: usize>(t: AdTensor) -> Tensor<D> {
+pub(crate) fn wrap<const D: usize>(t: AdTensor) -> Tensor<D> {
     Tensor::from_primitive::<Ad>(t)
 }
 
-fn wrap_plain<const D: usize>(t: FlexTensor) -> Tensor<D> {
+pub(crate) fn wrap_plain<const D: usize>(t: FlexTensor) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(t)
 }
 

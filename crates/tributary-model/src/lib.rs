@@ -24,6 +24,7 @@
 //! - [`eval`]: perplexity and routing shares.
 //! - [`device`]: backend selection.
 
+pub mod attention;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
@@ -33,6 +34,7 @@ pub mod eval;
 pub mod expert;
 pub mod expert_train;
 pub mod fused;
+mod matrix;
 pub mod merge;
 pub mod model;
 pub mod names;

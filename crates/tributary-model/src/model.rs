@@ -64,51 +64,7 @@ pub struct Layer {
     pub experts: Vec<Ffn>,
 }
 
-/// Precomputed rotary-embedding tables.
-#[derive(Clone, Debug)]
-pub struct Rope {
-    cos: Tensor<2>,
-    sin: Tensor<2>,
-}
-
-impl Rope {
-    /// Tables for positions `0..max_len` of a head of width `head_dim`.
-    pub fn new(head_dim: usize, max_len: usize, theta: f64, device: &Device) -> Self {
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(max_len * head_dim);
-        let mut sin = Vec::with_capacity(max_len * head_dim);
-        // transformers computes inv_freq and the angles in f32; do the same so the
-        // tables agree bit for bit at long positions.
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (theta.powf((2 * i) as f64 / head_dim as f64) as f32))
-            .collect();
-        for p in 0..max_len {
-            // cos/sin repeat over the two halves of the head (rotate-half layout).
-            for _ in 0..2 {
-                for f in &inv {
-                    let a = p as f32 * f;
-                    cos.push(a.cos());
-                    sin.push(a.sin());
-                }
-            }
-        }
-        Self {
-            cos: Tensor::from_data(TensorData::new(cos, [max_len, head_dim]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [max_len, head_dim]), device),
-        }
-    }
-
-    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, _, t, d] = x.dims();
-        let cos = self.cos.clone().narrow(0, 0, t).reshape([1, 1, t, d]);
-        let sin = self.sin.clone().narrow(0, 0, t).reshape([1, 1, t, d]);
-        let half = d / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
-    }
-}
+pub use crate::attention::Rope;
 
 /// RMSNorm over the last dimension of `[n, d]` rows.
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
@@ -235,12 +191,7 @@ impl FlexOlmo {
             layers,
             norm: to_device(tensors.get_shaped(names::NORM, &[h])?, device),
             lm_head: transposed(tensors.get_shaped(names::LM_HEAD, &[v, h])?, device)?,
-            rope: Rope::new(
-                hd,
-                config.max_position_embeddings.max(1),
-                config.rope_theta,
-                device,
-            ),
+            rope: Rope::new(hd, config.max_position_embeddings.max(1), config.rope_theta),
             top_k: config.num_experts_per_tok,
         })
     }
@@ -265,7 +216,7 @@ impl FlexOlmo {
             )));
         }
         let seq = tokens.len() / batch;
-        if seq > self.rope.cos.dims()[0] {
+        if seq > self.rope.positions() {
             return Err(ModelError::Argument(format!(
                 "sequence of {seq} tokens exceeds max_position_embeddings {}",
                 self.config.max_position_embeddings
@@ -346,29 +297,16 @@ impl FlexOlmo {
         let q = rms_norm(qkv.clone().narrow(1, 0, nh * hd), &attn.q_norm, eps);
         let k = rms_norm(qkv.clone().narrow(1, nh * hd, nkv * hd), &attn.k_norm, eps);
         let v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd);
-        let heads = |t: Tensor<2>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
-        let q = self.rope.apply(heads(q, nh));
-        let mut k = self.rope.apply(heads(k, nkv));
-        let mut v = heads(v, nkv);
-        if nkv != nh {
-            let g = nh / nkv;
-            let widen = |t: Tensor<4>| {
-                t.reshape([batch, nkv, 1, seq, hd])
-                    .expand([batch, nkv, g, seq, hd])
-                    .reshape([batch, nh, seq, hd])
-            };
-            k = widen(k);
-            v = widen(v);
-        }
-        // softmax(q·kᵀ / sqrt(head_dim)) · v with future keys masked; the softmax
-        // is one fused pass (see `crate::fused`).
-        let scores = q.matmul(k.swap_dims(2, 3));
-        let probs = crate::fused::causal_softmax(scores, 1.0 / (hd as f32).sqrt());
-        probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch * seq, nh * hd])
-            .matmul(attn.out.clone())
+        let shape = crate::attention::Shape {
+            batch,
+            seq,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
+        // RoPE, causal softmax(q·kᵀ / sqrt(head_dim)) · v: one fused operation
+        // (see `crate::attention`).
+        crate::attention::causal_attention(q, k, v, shape, &self.rope).matmul(attn.out.clone())
     }
 
     fn moe(&self, l: usize, layer: &Layer, x: Tensor<2>, trace: &mut Trace) -> Tensor<2> {

@@ -1,0 +1,318 @@
+//! Matrix products on strided views of `f32` slices.
+//!
+//! The fused attention kernel multiplies blocks of per-head matrices that live
+//! interleaved in token-major buffers (head `h` of a `[tokens, heads·d]` buffer
+//! is a `tokens × d` matrix with row stride `heads·d`), and products with a
+//! transposed operand. burn's tensor `matmul` would need a contiguous copy of
+//! every such block; the `gemm` crate (the kernel burn's `flex` backend calls)
+//! takes strides directly. Its entry point is `unsafe` because it reads raw
+//! pointers; [`product`] checks every view against its slice first, so the
+//! call can never read or write outside them.
+
+/// A read-only `rows × cols` matrix inside `data`: element `(r, c)` is
+/// `data[offset + r·row_stride + c·col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// The `rows × cols` row-major matrix starting at `offset` with rows
+    /// `row_stride` elements apart.
+    pub(crate) fn rows(
+        data: &'a [f32],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Self {
+        let v = Self {
+            data,
+            offset,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        };
+        assert!(
+            fits(data.len(), offset, rows, cols, row_stride, 1),
+            "matrix view outside its buffer"
+        );
+        v
+    }
+
+    /// Rows `r0..r1` and columns `c0..c1`.
+    pub(crate) fn block(self, r0: usize, r1: usize, c0: usize, c1: usize) -> Self {
+        assert!(r0 <= r1 && r1 <= self.rows && c0 <= c1 && c1 <= self.cols);
+        Self {
+            offset: self.offset + r0 * self.row_stride + c0 * self.col_stride,
+            rows: r1 - r0,
+            cols: c1 - c0,
+            ..self
+        }
+    }
+
+    /// The transpose (no copy).
+    pub(crate) fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// A writable `rows × cols` matrix inside `data` (same addressing as [`View`]).
+#[derive(Debug)]
+pub(crate) struct ViewMut<'a> {
+    data: &'a mut [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+impl<'a> ViewMut<'a> {
+    /// The `rows × cols` row-major matrix starting at `offset`.
+    pub(crate) fn rows(
+        data: &'a mut [f32],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Self {
+        assert!(
+            fits(data.len(), offset, rows, cols, row_stride, 1),
+            "matrix view outside its buffer"
+        );
+        Self {
+            data,
+            offset,
+            rows,
+            cols,
+            row_stride,
+        }
+    }
+
+    /// Rows `r0..r1` and columns `c0..c1`, borrowing this view.
+    pub(crate) fn block(&mut self, r0: usize, r1: usize, c0: usize, c1: usize) -> ViewMut<'_> {
+        assert!(r0 <= r1 && r1 <= self.rows && c0 <= c1 && c1 <= self.cols);
+        ViewMut {
+            offset: self.offset + r0 * self.row_stride + c0,
+            rows: r1 - r0,
+            cols: c1 - c0,
+            row_stride: self.row_stride,
+            data: &mut *self.data,
+        }
+    }
+
+    /// The same matrix, read-only.
+    pub(crate) fn view(&self) -> View<'_> {
+        View {
+            data: &*self.data,
+            offset: self.offset,
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// Row `r` as a slice.
+    pub(crate) fn row(&mut self, r: usize) -> &mut [f32] {
+        assert!(r < self.rows);
+        let start = self.offset + r * self.row_stride;
+        &mut self.data[start..start + self.cols]
+    }
+}
+
+/// Whether every element of the view lies inside a buffer of `len` elements.
+fn fits(len: usize, offset: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    if rows == 0 || cols == 0 {
+        return offset <= len;
+    }
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .and_then(|a| (cols - 1).checked_mul(cs).and_then(|b| a.checked_add(b)))
+        .and_then(|a| a.checked_add(offset));
+    matches!(last, Some(last) if last < len)
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`; single-threaded
+/// (callers run one product per rayon task).
+///
+/// # Panics
+/// If the shapes do not agree.
+#[allow(unsafe_code)]
+pub(crate) fn product(mut dst: ViewMut<'_>, lhs: View<'_>, rhs: View<'_>, accumulate: bool) {
+    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
+    assert_eq!(
+        lhs.rows, m,
+        "product: lhs rows differ from the destination's"
+    );
+    assert_eq!(
+        rhs.cols, n,
+        "product: rhs columns differ from the destination's"
+    );
+    assert_eq!(rhs.rows, k, "product: inner dimensions differ");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst.row(r).fill(0.0);
+            }
+        }
+        return;
+    }
+    // Every view was checked against its buffer when it was made (`rows`,
+    // `block` and `t` only narrow or permute a checked view), the destination
+    // is borrowed mutably and the operands shared, so they cannot overlap.
+    debug_assert!(fits(dst.data.len(), dst.offset, m, n, dst.row_stride, 1));
+    debug_assert!(fits(
+        lhs.data.len(),
+        lhs.offset,
+        m,
+        k,
+        lhs.row_stride,
+        lhs.col_stride
+    ));
+    debug_assert!(fits(
+        rhs.data.len(),
+        rhs.offset,
+        k,
+        n,
+        rhs.row_stride,
+        rhs.col_stride
+    ));
+    let stride = |s: usize| s as isize;
+    // SAFETY: the three views lie inside their slices (checked above), the
+    // destination does not alias the operands (a `&mut` and two `&` borrows),
+    // and `gemm` touches only the `m × n`, `m × k` and `k × n` elements addressed
+    // by the given offsets and strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr().add(dst.offset),
+            1,
+            stride(dst.row_stride),
+            accumulate,
+            lhs.data.as_ptr().add(lhs.offset),
+            stride(lhs.col_stride),
+            stride(lhs.row_stride),
+            rhs.data.as_ptr().add(rhs.offset),
+            stride(rhs.col_stride),
+            stride(rhs.row_stride),
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], ar: usize, ac: usize, b: &[f32], bc: usize) -> Vec<f32> {
+        let mut out = vec![0f32; ar * bc];
+        for i in 0..ar {
+            for j in 0..bc {
+                out[i * bc + j] = (0..ac).map(|k| a[i * ac + k] * b[k * bc + j]).sum();
+            }
+        }
+        out
+    }
+
+    fn numbers(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000) as f32 / 500.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn strided_blocks_and_transposes_multiply_like_the_dense_product() {
+        // A 5 × 7 buffer holding a 3 × 4 block at (1, 2); a 4 × 6 buffer whose
+        // transpose's block is the right operand.
+        let a = numbers(35, 1);
+        let b = numbers(24, 2);
+        let lhs = View::rows(&a, 0, 5, 7, 7).block(1, 4, 2, 6);
+        let rhs = View::rows(&b, 0, 4, 6, 6).t().block(1, 5, 0, 4); // 4 × 4
+        let dense_l: Vec<f32> = (1..4)
+            .flat_map(|r| (2..6).map(move |c| (r, c)))
+            .map(|(r, c)| a[r * 7 + c])
+            .collect();
+        let dense_r: Vec<f32> = (1..5)
+            .flat_map(|r| (0..4).map(move |c| (r, c)))
+            .map(|(r, c)| b[c * 6 + r])
+            .collect();
+        let want = naive(&dense_l, 3, 4, &dense_r, 4);
+        // Written into columns 1..5 of a 3 × 9 buffer; the other columns stay.
+        let mut out = vec![7f32; 27];
+        product(
+            ViewMut::rows(&mut out, 0, 3, 9, 9).block(0, 3, 1, 5),
+            lhs,
+            rhs,
+            false,
+        );
+        for r in 0..3 {
+            for c in 0..9 {
+                let got = out[r * 9 + c];
+                if (1..5).contains(&c) {
+                    assert!(
+                        (got - want[r * 4 + c - 1]).abs() < 1e-5,
+                        "({r}, {c}): {got}"
+                    );
+                } else {
+                    assert_eq!(got, 7.0);
+                }
+            }
+        }
+        // Accumulating adds the product once more.
+        product(
+            ViewMut::rows(&mut out, 0, 3, 9, 9).block(0, 3, 1, 5),
+            lhs,
+            rhs,
+            true,
+        );
+        for r in 0..3 {
+            let got = out[r * 9 + 2];
+            assert!((got - 2.0 * want[r * 4 + 1]).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn an_empty_inner_dimension_writes_zeros_or_leaves_the_destination() {
+        let mut out = vec![3f32; 4];
+        let empty: [f32; 0] = [];
+        let l = View::rows(&empty, 0, 2, 0, 0);
+        let r = View::rows(&empty, 0, 0, 2, 2);
+        product(ViewMut::rows(&mut out, 0, 2, 2, 2), l, r, true);
+        assert_eq!(out, [3.0; 4]);
+        product(ViewMut::rows(&mut out, 0, 2, 2, 2), l, r, false);
+        assert_eq!(out, [0.0; 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside its buffer")]
+    fn a_view_past_the_end_of_its_buffer_is_refused() {
+        let a = vec![0f32; 11];
+        let _ = View::rows(&a, 0, 3, 4, 4);
+    }
+}
