@@ -112,6 +112,12 @@ impl Shape {
 
     fn check(&self, rope: &Rope) {
         assert!(
+            self.seq > 0 && self.head_dim > 0,
+            "attention: empty sequences or heads ({} tokens, head width {})",
+            self.seq,
+            self.head_dim
+        );
+        assert!(
             self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads),
             "attention: {} query heads cannot share {} key/value heads",
             self.heads,
