@@ -25,9 +25,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::fused::{Host, flex, host, rows_per_task, values, wrap, wrap_plain};
+use crate::fused::{
+    Host, flex, host, rows_per_task, softmax_row, softmax_row_backward, values, wrap, wrap_plain,
+};
 use crate::matrix::{View, ViewMut, product};
-use crate::vmath;
 
 /// Query rows per block of the causal products. Smaller blocks skip more of
 /// the masked half but make smaller, less efficient matrix products; tests
@@ -342,10 +343,7 @@ fn forward(q: &[f32], k: &[f32], v: &[f32], s: Shape, rope: &Rope) -> Forward {
                         let row = p.row(r);
                         let n = r + 1;
                         live[..n].copy_from_slice(&row[..n]);
-                        let max = vmath::max(&live[..n]) * scale;
-                        let sum = vmath::exp_into(&mut row[..n], &live[..n], scale, max);
-                        let inv = 1.0 / sum;
-                        row[..n].iter_mut().for_each(|x| *x *= inv);
+                        softmax_row(&mut row[..n], &live[..n], scale);
                         row[n..r1].fill(0.0);
                     }
                     product(
@@ -430,6 +428,8 @@ fn backward(saved: &Saved, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
             let mut dv = ViewMut::rows(dv, 0, t, d, d);
             // d(scores) of one head, `[t, t]`, zero above the diagonal.
             let mut ds = vec![0f32; t * t];
+            // One row of d(probs), read while its row of `ds` is written.
+            let mut live = vec![0f32; t];
             for (i, dq) in dq.chunks_mut(t * d).enumerate() {
                 let h = kvh * g + i;
                 let queries = View::rows(&saved.q, b * t * qw + h * d, t, d, qw);
@@ -449,10 +449,8 @@ fn backward(saved: &Saved, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
                         let n = r + 1;
                         let prow = &saved.probs[(b * s.heads + h) * t * t + r * t..][..n];
                         let row = ds.row(r);
-                        let dot: f32 = prow.iter().zip(&row[..n]).map(|(a, b)| a * b).sum();
-                        for (x, &pr) in row[..n].iter_mut().zip(prow) {
-                            *x = scale * pr * (*x - dot);
-                        }
+                        live[..n].copy_from_slice(&row[..n]);
+                        softmax_row_backward(&mut row[..n], prow, &live[..n], scale);
                         row[n..r1].fill(0.0);
                     }
                     product(

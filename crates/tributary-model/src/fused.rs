@@ -436,16 +436,28 @@ fn causal_softmax_rows(x: &[f32], t: usize, scale: f32) -> Vec<f32> {
         .for_each(|(c, (o, rows))| {
             for (r, (o, row)) in o.chunks_mut(t).zip(rows.chunks(t)).enumerate() {
                 let q = (c * chunk + r) % t;
-                let live = &row[..=q];
-                let max = vmath::max(live) * scale;
-                let sum = vmath::exp_into(&mut o[..=q], live, scale, max);
-                let inv = 1.0 / sum;
-                for o in &mut o[..=q] {
-                    *o *= inv;
-                }
+                softmax_row(&mut o[..=q], &row[..=q], scale);
             }
         });
     out
+}
+
+/// `out = softmax(x · scale)` for one row (`scale > 0`).
+pub(crate) fn softmax_row(out: &mut [f32], x: &[f32], scale: f32) {
+    let max = vmath::max(x) * scale;
+    let inv = 1.0 / vmath::exp_into(out, x, scale, max);
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// The gradient of [`softmax_row`]'s input: `dx = scale · p ∘ (dy − p·dy)`,
+/// for probabilities `p` and the gradient `dy` of the output.
+pub(crate) fn softmax_row_backward(dx: &mut [f32], p: &[f32], dy: &[f32], scale: f32) {
+    let dot: f32 = p.iter().zip(dy).map(|(a, b)| a * b).sum();
+    for ((o, &a), &b) in dx.iter_mut().zip(p).zip(dy) {
+        *o = scale * a * (b - dot);
+    }
 }
 
 #[derive(Debug)]
@@ -477,10 +489,7 @@ impl Backward<Flex, 1> for CausalSoftmaxBackward {
                     .enumerate()
                 {
                     let q = (c * chunk + r) % t;
-                    let dot: f32 = p[..=q].iter().zip(&dy[..=q]).map(|(a, b)| a * b).sum();
-                    for ((o, &a), &b) in dx[..=q].iter_mut().zip(&p[..=q]).zip(&dy[..=q]) {
-                        *o = scale * a * (b - dot);
-                    }
+                    softmax_row_backward(&mut dx[..=q], &p[..=q], &dy[..=q], scale);
                 }
             });
         grads.register::<Flex>(parent.id, flex(dx, &shape));
