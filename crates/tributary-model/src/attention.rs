@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use crate::fused::{
     Host, flex, host, rows_per_task, softmax_row, softmax_row_backward, values, wrap, wrap_plain,
+    zeros,
 };
 use crate::matrix::{View, ViewMut, product};
 
@@ -258,7 +259,7 @@ struct Forward {
 /// The input rows rotated by their positions (token-major, `heads` heads per row).
 fn rotate(x: &[f32], heads: usize, s: Shape, rope: &Rope) -> Vec<f32> {
     let (d, half, w) = (s.head_dim, s.head_dim / 2, heads * s.head_dim);
-    let mut out = vec![0f32; x.len()];
+    let mut out = zeros(x.len());
     let chunk = rows_per_task(w);
     out.par_chunks_mut(w * chunk)
         .zip(x.par_chunks(w * chunk))
@@ -281,7 +282,7 @@ fn rotate(x: &[f32], heads: usize, s: Shape, rope: &Rope) -> Vec<f32> {
 /// inverse rotation (the transpose of [`rotate`]) when `rope` is given.
 fn to_tokens(x: &[f32], heads: usize, s: Shape, rope: Option<&Rope>) -> Vec<f32> {
     let (t, d, half, w) = (s.seq, s.head_dim, s.head_dim / 2, heads * s.head_dim);
-    let mut out = vec![0f32; x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(t * w).enumerate().for_each(|(b, o)| {
         for (r, o) in o.chunks_mut(w).enumerate() {
             for (h, o) in o.chunks_mut(d).enumerate() {
@@ -315,8 +316,8 @@ fn forward(q: &[f32], k: &[f32], v: &[f32], s: Shape, rope: &Rope) -> Forward {
     let scale = 1.0 / (d as f32).sqrt();
     let qr = rotate(q, s.heads, s, rope);
     let kr = rotate(k, s.kv_heads, s, rope);
-    let mut probs = vec![0f32; s.batch * s.heads * t * t];
-    let mut heads_out = vec![0f32; s.batch * s.heads * t * d];
+    let mut probs = zeros(s.batch * s.heads * t * t);
+    let mut heads_out = zeros(s.batch * s.heads * t * d);
     // One task per (sequence, key/value head): its query heads are consecutive.
     probs
         .par_chunks_mut(g * t * t)
@@ -414,9 +415,9 @@ fn backward(saved: &Saved, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (t, d, g) = (s.seq, s.head_dim, s.group());
     let (qw, kw) = (s.heads * d, s.kv_heads * d);
     let scale = 1.0 / (d as f32).sqrt();
-    let mut dq = vec![0f32; s.batch * s.heads * t * d];
-    let mut dk = vec![0f32; s.batch * s.kv_heads * t * d];
-    let mut dv = vec![0f32; s.batch * s.kv_heads * t * d];
+    let mut dq = zeros(s.batch * s.heads * t * d);
+    let mut dk = zeros(s.batch * s.kv_heads * t * d);
+    let mut dv = zeros(s.batch * s.kv_heads * t * d);
     dq.par_chunks_mut(g * t * d)
         .zip(dk.par_chunks_mut(t * d).zip(dv.par_chunks_mut(t * d)))
         .enumerate()

@@ -41,6 +41,18 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (TASK_ELEMENTS / row_len.max(1)).max(1)
 }
 
+/// A buffer of `n` zeros. Large ones are written by the rayon pool: zeroing a
+/// fresh allocation (and faulting its pages in) on the calling thread alone
+/// would leave the other threads idle meanwhile.
+pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    if n < TASK_ELEMENTS * 4 {
+        return vec![0f32; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0f32, n));
+    v
+}
+
 /// Where a float tensor lives, as far as the fused kernels care.
 pub(crate) enum Host<const D: usize> {
     /// On `flex` under autodiff.
@@ -69,6 +81,12 @@ pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Host<D> {
 pub(crate) fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
+        // A transposed or narrowed matrix: one parallel gather.
+        None if crate::matmul::view(t).is_some() => std::borrow::Cow::Owned(
+            crate::matmul::view(t)
+                .map(|v| v.to_rows())
+                .unwrap_or_default(),
+        ),
         None => match t.to_contiguous().as_slice::<f32>() {
             Some(s) => std::borrow::Cow::Owned(s.to_vec()),
             // `host` sends only `f32` tensors here, and a contiguous copy is a slice.
@@ -171,7 +189,7 @@ fn composed_target_log_probs(logits: Tensor<2>, targets: &[u32]) -> Tensor<2> {
 /// Mean loss over rows and its gradient `(softmax - onehot) / n`.
 fn cross_entropy_with_gradient(x: &[f32], v: usize, targets: &[u32]) -> (f32, Vec<f32>) {
     let n = targets.len();
-    let mut grad = vec![0f32; n * v];
+    let mut grad = zeros(n * v);
     let loss = losses_and_gradient(x, v, targets, 1.0 / n as f32, &mut grad);
     ((loss / n as f64) as f32, grad)
 }
@@ -327,15 +345,6 @@ pub fn linear_cross_entropy(hidden: Tensor<2>, weight: &Tensor<2>, targets: &[u3
     )
 }
 
-/// The primitive of a plain flex tensor produced here (read it with [`values`],
-/// which borrows a contiguous one).
-fn plain<const D: usize>(t: Tensor<D>) -> FlexTensor {
-    match t.try_into_primitive::<Flex>() {
-        Ok(p) => p,
-        Err(_) => unreachable!("a product of plain flex tensors is a plain flex tensor"),
-    }
-}
-
 /// Mean loss of `x · head` (`x`: `[n, h]` rows, `head`: `[h, v]`) over
 /// `targets`, [`LOGIT_ROWS`] rows at a time; with `gradient`, also the
 /// gradient with respect to `x`, `((softmax - onehot) / n) · headᵀ`.
@@ -346,27 +355,51 @@ fn head_losses(
     targets: &[u32],
     gradient: bool,
 ) -> (f32, Option<Vec<f32>>) {
+    use crate::matrix::{View, ViewMut, parallel_product};
     let n = targets.len();
-    let head = wrap_plain::<2>(head.clone());
-    let v = head.dims()[1];
-    let head_t = head.clone().transpose();
+    let contiguous;
+    let head = match crate::matmul::view(head) {
+        Some(w) => w,
+        None => {
+            contiguous = head.to_contiguous();
+            crate::matmul::view(&contiguous)
+                .unwrap_or_else(|| unreachable!("a contiguous 2-D tensor is a view"))
+        }
+    };
+    let v = head.col_count();
     let inv_n = 1.0 / n as f32;
     let mut loss = 0f64;
-    let mut dx = gradient.then(|| Vec::with_capacity(n * h));
-    for (rows, ts) in x.chunks(LOGIT_ROWS * h).zip(targets.chunks(LOGIT_ROWS)) {
-        let c = ts.len();
-        let logits = wrap_plain::<2>(flex(rows.to_vec(), &[c, h])).matmul(head.clone());
-        let logits = plain(logits);
-        let logits = values(&logits);
+    // One logits buffer and one gradient buffer for every chunk.
+    let rows = LOGIT_ROWS.min(n);
+    let mut logits = zeros(rows * v);
+    let mut grad = if gradient {
+        zeros(rows * v)
+    } else {
+        Vec::new()
+    };
+    let mut dx = gradient.then(|| zeros(n * h));
+    for (i, ts) in targets.chunks(LOGIT_ROWS).enumerate() {
+        let (r0, c) = (i * LOGIT_ROWS, ts.len());
+        let logits = &mut logits[..c * v];
+        parallel_product(
+            ViewMut::rows(logits, 0, c, v, v),
+            View::rows(x, r0 * h, c, h, h),
+            head,
+            false,
+        );
         match dx.as_mut() {
             Some(dx) => {
-                let mut grad = vec![0f32; c * v];
-                loss += losses_and_gradient(&logits, v, ts, inv_n, &mut grad);
-                let back = wrap_plain::<2>(flex(grad, &[c, v])).matmul(head_t.clone());
-                dx.extend_from_slice(&values(&plain(back)));
+                let grad = &mut grad[..c * v];
+                loss += losses_and_gradient(logits, v, ts, inv_n, grad);
+                parallel_product(
+                    ViewMut::rows(dx, r0 * h, c, h, h),
+                    View::rows(grad, 0, c, v, v),
+                    head.t(),
+                    false,
+                );
             }
             None => {
-                loss += row_nlls(&logits, v, ts)
+                loss += row_nlls(logits, v, ts)
                     .iter()
                     .copied()
                     .map(f64::from)
@@ -428,7 +461,7 @@ fn composed_causal_softmax(scores: Tensor<4>, scale: f32) -> Tensor<4> {
 }
 
 fn causal_softmax_rows(x: &[f32], t: usize, scale: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = zeros(x.len());
     let chunk = rows_per_task(t);
     out.par_chunks_mut(t * chunk)
         .zip(x.par_chunks(t * chunk))
@@ -476,7 +509,7 @@ impl Backward<Flex, 1> for CausalSoftmaxBackward {
         let t = shape[3];
         let p = values(&p);
         let dy = values(&dy);
-        let mut dx = vec![0f32; p.len()];
+        let mut dx = zeros(p.len());
         let chunk = rows_per_task(t);
         dx.par_chunks_mut(t * chunk)
             .zip(p.par_chunks(t * chunk).zip(dy.par_chunks(t * chunk)))
@@ -535,7 +568,7 @@ fn composed_swiglu(gate_up: Tensor<2>) -> Tensor<2> {
 }
 
 fn swiglu_rows(x: &[f32], inter: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len() / 2];
+    let mut out = zeros(x.len() / 2);
     let chunk = rows_per_task(2 * inter);
     out.par_chunks_mut(inter * chunk)
         .zip(x.par_chunks(2 * inter * chunk))
@@ -563,7 +596,7 @@ impl Backward<Flex, 1> for SwigluBackward {
         let inter = shape[1] / 2;
         let x = values(&ops.state);
         let dy = values(&dy);
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = zeros(x.len());
         let chunk = rows_per_task(2 * inter);
         dx.par_chunks_mut(2 * inter * chunk)
             .zip(
@@ -647,7 +680,7 @@ fn composed_rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let d = w.len();
     let n = x.len() / d;
-    let mut y = vec![0f32; x.len()];
+    let mut y = zeros(x.len());
     let mut inv = vec![0f32; n];
     let chunk = rows_per_task(d);
     y.par_chunks_mut(d * chunk)
@@ -683,7 +716,7 @@ impl Backward<Flex, 2> for RmsNormBackward {
         let dy = values(&dy);
         let chunk = rows_per_task(d);
         if let Some(px) = px {
-            let mut dx = vec![0f32; x.len()];
+            let mut dx = zeros(x.len());
             dx.par_chunks_mut(d * chunk)
                 .zip(x.par_chunks(d * chunk).zip(dy.par_chunks(d * chunk)))
                 .zip(inv.par_chunks(chunk))

@@ -31,19 +31,65 @@ impl<'a> View<'a> {
         cols: usize,
         row_stride: usize,
     ) -> Self {
-        let v = Self {
+        Self::strided(data, offset, (rows, cols), (row_stride, 1))
+    }
+
+    /// The `rows × cols` matrix starting at `offset` with rows `row_stride`
+    /// and columns `col_stride` elements apart (a transposed or narrowed
+    /// tensor's layout).
+    pub(crate) fn strided(
+        data: &'a [f32],
+        offset: usize,
+        (rows, cols): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> Self {
+        assert!(
+            fits(data.len(), offset, rows, cols, row_stride, col_stride),
+            "matrix view outside its buffer"
+        );
+        Self {
             data,
             offset,
             rows,
             cols,
             row_stride,
-            col_stride: 1,
-        };
-        assert!(
-            fits(data.len(), offset, rows, cols, row_stride, 1),
-            "matrix view outside its buffer"
-        );
-        v
+            col_stride,
+        }
+    }
+
+    /// Number of rows.
+    pub(crate) fn row_count(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub(crate) fn col_count(&self) -> usize {
+        self.cols
+    }
+
+    /// Copies the matrix into a new row-major buffer, rows split over rayon tasks.
+    pub(crate) fn to_rows(self) -> Vec<f32> {
+        use rayon::prelude::*;
+        let mut out = crate::fused::zeros(self.rows * self.cols);
+        if self.cols == 0 {
+            return out;
+        }
+        let per_task = crate::fused::rows_per_task(self.cols);
+        out.par_chunks_mut(self.cols * per_task)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                for (j, row) in chunk.chunks_mut(self.cols).enumerate() {
+                    let start = self.offset + (i * per_task + j) * self.row_stride;
+                    if self.col_stride == 1 {
+                        row.copy_from_slice(&self.data[start..start + self.cols]);
+                    } else {
+                        for (c, o) in row.iter_mut().enumerate() {
+                            *o = self.data[start + c * self.col_stride];
+                        }
+                    }
+                }
+            });
+        out
     }
 
     /// Rows `r0..r1` and columns `c0..c1`.
@@ -150,8 +196,29 @@ fn fits(len: usize, offset: usize, rows: usize, cols: usize, rs: usize, cs: usiz
 ///
 /// # Panics
 /// If the shapes do not agree.
+pub(crate) fn product(dst: ViewMut<'_>, lhs: View<'_>, rhs: View<'_>, accumulate: bool) {
+    product_with(dst, lhs, rhs, accumulate, gemm::Parallelism::None);
+}
+
+/// [`product`] spread over the current rayon pool (gemm splits the work).
+pub(crate) fn parallel_product(dst: ViewMut<'_>, lhs: View<'_>, rhs: View<'_>, accumulate: bool) {
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    product_with(dst, lhs, rhs, accumulate, parallelism);
+}
+
 #[allow(unsafe_code)]
-pub(crate) fn product(mut dst: ViewMut<'_>, lhs: View<'_>, rhs: View<'_>, accumulate: bool) {
+fn product_with(
+    mut dst: ViewMut<'_>,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
     assert_eq!(
         lhs.rows, m,
@@ -218,7 +285,7 @@ pub(crate) fn product(mut dst: ViewMut<'_>, lhs: View<'_>, rhs: View<'_>, accumu
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
@@ -307,6 +374,35 @@ mod tests {
         assert_eq!(out, [3.0; 4]);
         product(ViewMut::rows(&mut out, 0, 2, 2, 2), l, r, false);
         assert_eq!(out, [0.0; 4]);
+    }
+
+    #[test]
+    fn a_strided_view_copies_out_row_by_row() {
+        // Column block 1..3 of a 4 × 5 buffer, then its transpose; 70 rows
+        // make the copy cross the tests' rayon task size.
+        let data: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        let v = View::strided(&data, 1, (4, 2), (5, 1));
+        assert_eq!(
+            v.to_rows(),
+            vec![1.0, 2.0, 6.0, 7.0, 11.0, 12.0, 16.0, 17.0]
+        );
+        assert_eq!(
+            v.t().to_rows(),
+            vec![1.0, 6.0, 11.0, 16.0, 2.0, 7.0, 12.0, 17.0]
+        );
+        let tall: Vec<f32> = (0..140).map(|i| i as f32).collect();
+        let column = View::strided(&tall, 1, (70, 1), (2, 1)).to_rows();
+        assert_eq!(
+            column,
+            (0..70).map(|i| (2 * i + 1) as f32).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "outside its buffer")]
+    fn a_strided_view_past_the_end_of_its_buffer_is_refused() {
+        let data = vec![0f32; 20];
+        let _ = View::strided(&data, 1, (4, 2), (6, 1));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::config::FlexOlmoConfig;
 use crate::error::ModelError;
+use crate::matmul::matmul;
 use crate::names;
 use crate::weights::{HostTensor, TensorMap};
 
@@ -30,7 +31,8 @@ pub struct Ffn {
 impl Ffn {
     /// Applies the expert to rows of `x` (`[n, hidden]`).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        crate::fused::swiglu(x.matmul(self.gate_up.clone())).matmul(self.down.clone())
+        let h = crate::fused::swiglu(matmul(x, self.gate_up.clone()));
+        matmul(h, self.down.clone())
     }
 }
 
@@ -252,9 +254,10 @@ impl FlexOlmo {
         batch: usize,
         trace: &mut Trace,
     ) -> Result<Tensor<2>, ModelError> {
-        Ok(self
-            .hidden(tokens, batch, trace)?
-            .matmul(self.lm_head.clone()))
+        Ok(matmul(
+            self.hidden(tokens, batch, trace)?,
+            self.lm_head.clone(),
+        ))
     }
 
     fn layer_forward(
@@ -293,7 +296,7 @@ impl FlexOlmo {
         let c = &self.config;
         let eps = c.rms_norm_eps;
         let (nh, nkv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
-        let qkv = x.matmul(attn.qkv.clone());
+        let qkv = matmul(x, attn.qkv.clone());
         let q = rms_norm(qkv.clone().narrow(1, 0, nh * hd), &attn.q_norm, eps);
         let k = rms_norm(qkv.clone().narrow(1, nh * hd, nkv * hd), &attn.k_norm, eps);
         let v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd);
@@ -306,12 +309,15 @@ impl FlexOlmo {
         };
         // RoPE, causal softmax(q·kᵀ / sqrt(head_dim)) · v: one fused operation
         // (see `crate::attention`).
-        crate::attention::causal_attention(q, k, v, shape, &self.rope).matmul(attn.out.clone())
+        matmul(
+            crate::attention::causal_attention(q, k, v, shape, &self.rope),
+            attn.out.clone(),
+        )
     }
 
     fn moe(&self, l: usize, layer: &Layer, x: Tensor<2>, trace: &mut Trace) -> Tensor<2> {
         let n_exp = layer.experts.len();
-        let mut logits = x.clone().matmul(layer.router.clone());
+        let mut logits = matmul(x.clone(), layer.router.clone());
         if let Some(bias) = &layer.router_bias {
             logits = logits + bias.clone().reshape([1, n_exp]);
         }
