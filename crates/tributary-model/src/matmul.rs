@@ -41,7 +41,12 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    let state = (a.primitive().clone(), b.primitive().clone());
+                    // Keep an operand only for the other one's gradient.
+                    let state = (
+                        b.is_tracked().then(|| a.primitive().clone()),
+                        a.is_tracked().then(|| b.primitive().clone()),
+                        [m, k, n],
+                    );
                     wrap(prep.finish(state, out))
                 }
                 OpsKind::UnTracked(prep) => wrap(prep.finish(out)),
@@ -110,27 +115,21 @@ fn product(a: &FlexTensor, b: &FlexTensor, ta: bool, tb: bool) -> Vec<f32> {
 struct MatmulBackward;
 
 impl Backward<Flex, 2> for MatmulBackward {
-    /// Both operands.
-    type State = (FlexTensor, FlexTensor);
+    /// The left operand when the right one needs a gradient, the right one
+    /// when the left one does, and `[m, k, n]`.
+    type State = (Option<FlexTensor>, Option<FlexTensor>, [usize; 3]);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [pa, pb] = ops.parents;
         let dc = grads.consume::<Flex>(&ops.node);
-        let (a, b) = ops.state;
-        let [m, k] = dims(&a);
-        let n = dims(&b)[1];
-        if let Some(pa) = pa {
+        let (a, b, [m, k, n]) = ops.state;
+        if let (Some(pa), Some(b)) = (pa, b) {
             grads.register::<Flex>(pa.id, flex(product(&dc, &b, false, true), &[m, k]));
         }
-        if let Some(pb) = pb {
+        if let (Some(pb), Some(a)) = (pb, a) {
             grads.register::<Flex>(pb.id, flex(product(&a, &dc, true, false), &[k, n]));
         }
     }
-}
-
-fn dims(t: &FlexTensor) -> [usize; 2] {
-    let s = t.layout().shape().to_vec();
-    [s[0], s[1]]
 }
 
 #[cfg(test)]
