@@ -26,8 +26,8 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::fused::{
-    Host, flex, host, rows_per_task, softmax_row, softmax_row_backward, values, wrap, wrap_plain,
-    zeros,
+    Host, flex, host, rows_per_task, softmax_row, softmax_row_backward, tensor, values, wrap,
+    wrap_plain, zeros,
 };
 use crate::matrix::{View, ViewMut, product};
 
@@ -194,14 +194,6 @@ pub fn causal_attention(
             wrap_plain(flex(f.out, &[n, qw]))
         }
         (q, k, v) => composed(tensor(q), tensor(k), tensor(v), shape, rope),
-    }
-}
-
-fn tensor<const D: usize>(h: Host<D>) -> Tensor<D> {
-    match h {
-        Host::Tracked(t) => wrap(t),
-        Host::Plain(t) => wrap_plain(t),
-        Host::Other(t) => t,
     }
 }
 

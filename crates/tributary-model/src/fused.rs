@@ -77,20 +77,27 @@ pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Host<D> {
     Host::Other(t)
 }
 
+/// The tensor behind a [`Host`].
+pub(crate) fn tensor<const D: usize>(h: Host<D>) -> Tensor<D> {
+    match h {
+        Host::Tracked(t) => wrap(t),
+        Host::Plain(t) => wrap_plain(t),
+        Host::Other(t) => t,
+    }
+}
+
 /// The contiguous `f32` values of a flex tensor (copying only when its layout needs it).
 pub(crate) fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
-        // A transposed or narrowed matrix: one parallel gather.
-        None if crate::matmul::view(t).is_some() => std::borrow::Cow::Owned(
-            crate::matmul::view(t)
-                .map(|v| v.to_rows())
-                .unwrap_or_default(),
-        ),
-        None => match t.to_contiguous().as_slice::<f32>() {
-            Some(s) => std::borrow::Cow::Owned(s.to_vec()),
-            // `host` sends only `f32` tensors here, and a contiguous copy is a slice.
-            None => unreachable!("fused kernels only receive f32 tensors"),
+        None => match crate::matmul::view(t) {
+            // A transposed or narrowed matrix: one parallel gather.
+            Some(v) => std::borrow::Cow::Owned(v.to_rows()),
+            None => match t.to_contiguous().as_slice::<f32>() {
+                Some(s) => std::borrow::Cow::Owned(s.to_vec()),
+                // `host` sends only `f32` tensors here, and a contiguous copy is a slice.
+                None => unreachable!("fused kernels only receive f32 tensors"),
+            },
         },
     }
 }
@@ -357,15 +364,8 @@ fn head_losses(
 ) -> (f32, Option<Vec<f32>>) {
     use crate::matrix::{View, ViewMut, parallel_product};
     let n = targets.len();
-    let contiguous;
-    let head = match crate::matmul::view(head) {
-        Some(w) => w,
-        None => {
-            contiguous = head.to_contiguous();
-            crate::matmul::view(&contiguous)
-                .unwrap_or_else(|| unreachable!("a contiguous 2-D tensor is a view"))
-        }
-    };
+    let head = crate::matmul::viewable(head);
+    let head = crate::matmul::view_of(&head);
     let v = head.col_count();
     let inv_n = 1.0 / n as f32;
     let mut loss = 0f64;

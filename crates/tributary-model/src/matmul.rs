@@ -21,7 +21,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 
-use crate::fused::{Host, flex, host, wrap, wrap_plain};
+use std::borrow::Cow;
+
+use crate::fused::{Host, flex, host, tensor, wrap, wrap_plain};
 use crate::matrix::{View, ViewMut, parallel_product};
 
 /// `a · b` for `[m, k]` and `[k, n]` tensors.
@@ -59,14 +61,6 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     }
 }
 
-fn tensor(h: Host<2>) -> Tensor<2> {
-    match h {
-        Host::Tracked(t) => wrap(t),
-        Host::Plain(t) => wrap_plain(t),
-        Host::Other(t) => t,
-    }
-}
-
 /// A 2-D `f32` flex tensor as a strided view of its buffer; `None` for layouts
 /// a view cannot express (negative strides).
 pub(crate) fn view(t: &FlexTensor) -> Option<View<'_>> {
@@ -84,25 +78,25 @@ pub(crate) fn view(t: &FlexTensor) -> Option<View<'_>> {
     ))
 }
 
+/// `t` itself when [`view`] can address it, otherwise a contiguous copy.
+pub(crate) fn viewable(t: &FlexTensor) -> Cow<'_, FlexTensor> {
+    if view(t).is_some() {
+        Cow::Borrowed(t)
+    } else {
+        Cow::Owned(t.to_contiguous())
+    }
+}
+
+/// The view of a tensor returned by [`viewable`].
+pub(crate) fn view_of(t: &FlexTensor) -> View<'_> {
+    view(t).unwrap_or_else(|| unreachable!("a contiguous 2-D tensor is a view"))
+}
+
 /// `op(a) · op(b)` into a new row-major buffer, where `op` transposes when
 /// the flag says so.
 fn product(a: &FlexTensor, b: &FlexTensor, ta: bool, tb: bool) -> Vec<f32> {
-    let ca;
-    let cb;
-    let a = match view(a) {
-        Some(v) => v,
-        None => {
-            ca = a.to_contiguous();
-            view(&ca).unwrap_or_else(|| unreachable!("a contiguous 2-D tensor is a view"))
-        }
-    };
-    let b = match view(b) {
-        Some(v) => v,
-        None => {
-            cb = b.to_contiguous();
-            view(&cb).unwrap_or_else(|| unreachable!("a contiguous 2-D tensor is a view"))
-        }
-    };
+    let (a, b) = (viewable(a), viewable(b));
+    let (a, b) = (view_of(&a), view_of(&b));
     let a = if ta { a.t() } else { a };
     let b = if tb { b.t() } else { b };
     let (m, n) = (a.row_count(), b.col_count());
