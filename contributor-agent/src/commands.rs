@@ -261,11 +261,17 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         Some(text::stream(&held_docs, &tok)?)
     };
     eprintln!(
-        "training an expert on {} documents ({} tokens); {} held-out documents ({} tokens)",
+        "training an expert on {} documents ({} tokens); {} held-out documents ({} tokens); backend {}{}",
         train_docs.len(),
         train_stream.len(),
         held_docs.len(),
-        held_stream.as_ref().map_or(0, Vec::len)
+        held_stream.as_ref().map_or(0, Vec::len),
+        a.backend.backend,
+        if a.backend.backend == "flex" {
+            format!(" ({} matrix kernel)", tributary_model::kernel::kernel())
+        } else {
+            String::new()
+        }
     );
     let calibration = a.training.calibration_stream(&a.anchor, &tok)?;
     let opts = a.training.to_options(a.eval_every);

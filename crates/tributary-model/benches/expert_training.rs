@@ -84,8 +84,9 @@ fn main() {
     let tokens = (steps as usize * batch * seq) as f64;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!(
-        "{{\"impl\":\"tributary\",\"backend\":\"flex\",\"tokens_per_s\":{:.1},\"step_ms\":{:.1},\"steps\":{steps},\"batch\":{batch},\"seq_len\":{seq},\"threads\":\"{threads}\"}}",
+        "{{\"impl\":\"tributary\",\"backend\":\"flex\",\"tokens_per_s\":{:.1},\"step_ms\":{:.1},\"steps\":{steps},\"batch\":{batch},\"seq_len\":{seq},\"threads\":\"{threads}\",\"kernel\":\"{}\"}}",
         tokens / timed,
-        1000.0 * timed / steps as f64
+        1000.0 * timed / steps as f64,
+        tributary_model::kernel::kernel()
     );
 }

@@ -22,7 +22,12 @@ pub fn available_backends() -> Vec<&'static str> {
 /// The device for `backend` (`flex`, `cuda` or `tch`).
 pub fn device_for(backend: &str) -> Result<Device, ModelError> {
     match backend {
-        "flex" => Ok(Device::flex()),
+        "flex" => {
+            // A bad TRIBUTARY_MATMUL_KERNEL is reported here, where every
+            // command chooses its device, rather than ignored.
+            crate::kernel::configured().map_err(ModelError::Argument)?;
+            Ok(Device::flex())
+        }
         #[cfg(feature = "cuda")]
         "cuda" => Ok(Device::cuda(0)),
         #[cfg(feature = "tch")]

@@ -34,6 +34,7 @@ pub mod eval;
 pub mod expert;
 pub mod expert_train;
 pub mod fused;
+pub mod kernel;
 pub mod matmul;
 mod matrix;
 pub mod merge;

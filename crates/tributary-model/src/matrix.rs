@@ -5,9 +5,12 @@
 //! is a `tokens × d` matrix with row stride `heads·d`), and products with a
 //! transposed operand. burn's tensor `matmul` would need a contiguous copy of
 //! every such block; the `gemm` crate (the kernel burn's `flex` backend calls)
-//! takes strides directly. Its entry point is `unsafe` because it reads raw
-//! pointers; [`product`] checks every view against its slice first, so the
-//! call can never read or write outside them.
+//! takes strides directly, through [`crate::kernel`], which picks its
+//! AVX-512 or AVX2 microkernels for the CPU. The entry point is `unsafe`
+//! because it reads raw pointers; [`product`] checks every view against its
+//! slice first, so the call can never read or write outside them.
+
+use crate::kernel::{Kernel, kernel};
 
 /// A read-only `rows × cols` matrix inside `data`: element `(r, c)` is
 /// `data[offset + r·row_stride + c·col_stride]`.
@@ -197,7 +200,7 @@ fn fits(len: usize, offset: usize, rows: usize, cols: usize, rs: usize, cs: usiz
 /// # Panics
 /// If the shapes do not agree.
 pub(crate) fn product(dst: ViewMut<'_>, lhs: View<'_>, rhs: View<'_>, accumulate: bool) {
-    product_with(dst, lhs, rhs, accumulate, gemm::Parallelism::None);
+    product_with(dst, lhs, rhs, accumulate, gemm::Parallelism::None, kernel());
 }
 
 /// [`product`] spread over the current rayon pool (gemm splits the work).
@@ -208,7 +211,7 @@ pub(crate) fn parallel_product(dst: ViewMut<'_>, lhs: View<'_>, rhs: View<'_>, a
     } else {
         gemm::Parallelism::None
     };
-    product_with(dst, lhs, rhs, accumulate, parallelism);
+    product_with(dst, lhs, rhs, accumulate, parallelism, kernel());
 }
 
 #[allow(unsafe_code)]
@@ -218,6 +221,7 @@ fn product_with(
     rhs: View<'_>,
     accumulate: bool,
     parallelism: gemm::Parallelism,
+    kernel: Kernel,
 ) {
     let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
     assert_eq!(
@@ -263,28 +267,28 @@ fn product_with(
     let stride = |s: usize| s as isize;
     // SAFETY: the three views lie inside their slices (checked above), the
     // destination does not alias the operands (a `&mut` and two `&` borrows),
-    // and `gemm` touches only the `m × n`, `m × k` and `k × n` elements addressed
-    // by the given offsets and strides.
+    // the kernel is one this CPU runs, and `gemm` touches only the `m × n`,
+    // `m × k` and `k × n` elements addressed by the given offsets and strides.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.data.as_mut_ptr().add(dst.offset),
-            1,
-            stride(dst.row_stride),
+        crate::kernel::gemm(
+            kernel,
+            (m, n, k),
+            (
+                dst.data.as_mut_ptr().add(dst.offset),
+                1,
+                stride(dst.row_stride),
+            ),
             accumulate,
-            lhs.data.as_ptr().add(lhs.offset),
-            stride(lhs.col_stride),
-            stride(lhs.row_stride),
-            rhs.data.as_ptr().add(rhs.offset),
-            stride(rhs.col_stride),
-            stride(rhs.row_stride),
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
+            (
+                lhs.data.as_ptr().add(lhs.offset),
+                stride(lhs.col_stride),
+                stride(lhs.row_stride),
+            ),
+            (
+                rhs.data.as_ptr().add(rhs.offset),
+                stride(rhs.col_stride),
+                stride(rhs.row_stride),
+            ),
             parallelism,
         );
     }
@@ -374,6 +378,54 @@ mod tests {
         assert_eq!(out, [3.0; 4]);
         product(ViewMut::rows(&mut out, 0, 2, 2, 2), l, r, false);
         assert_eq!(out, [0.0; 4]);
+    }
+
+    #[test]
+    fn every_kernel_this_cpu_runs_gives_the_dense_product() {
+        // Shapes that take each of gemm's paths (k ≤ 2, a single column, a
+        // single row, at most 16 × 16, the blocked kernel), on a transposed
+        // right operand and accumulating into a destination wider than the
+        // product, both single-threaded and over the pool.
+        for kernel in crate::kernel::available() {
+            for &(m, k, n) in &[
+                (5, 1, 7),
+                (6, 2, 3),
+                (40, 9, 1),
+                (1, 30, 20),
+                (12, 10, 16),
+                (70, 33, 90),
+            ] {
+                let a = numbers(m * k, 5);
+                let bt = numbers(n * k, 6); // the right operand's transpose
+                let b: Vec<f32> = (0..k)
+                    .flat_map(|r| (0..n).map(move |c| (r, c)))
+                    .map(|(r, c)| bt[c * k + r])
+                    .collect();
+                let want = naive(&a, m, k, &b, n);
+                for parallelism in [gemm::Parallelism::None, gemm::Parallelism::Rayon(2)] {
+                    let mut out = vec![1f32; m * (n + 1)];
+                    product_with(
+                        ViewMut::rows(&mut out, 0, m, n + 1, n + 1).block(0, m, 0, n),
+                        View::rows(&a, 0, m, k, k),
+                        View::rows(&bt, 0, n, k, k).t(),
+                        true,
+                        parallelism,
+                        kernel,
+                    );
+                    for r in 0..m {
+                        for c in 0..n {
+                            let got = out[r * (n + 1) + c];
+                            let w = 1.0 + want[r * n + c];
+                            assert!(
+                                (got - w).abs() < 1e-4,
+                                "{kernel} {m}×{k}×{n} ({r}, {c}): {got} vs {w}"
+                            );
+                        }
+                        assert_eq!(out[r * (n + 1) + n], 1.0, "{kernel}: column past the block");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
