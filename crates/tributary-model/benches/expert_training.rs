@@ -14,8 +14,8 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use burn::tensor::Device;
 use tributary_model::FlexOlmoConfig;
+use tributary_model::device::device_for;
 use tributary_model::expert_train::train_expert;
 use tributary_model::objective::TrainOptions;
 use tributary_model::pretrain::init_anchor;
@@ -63,6 +63,11 @@ fn main() {
         seed,
         ..TrainOptions::default()
     };
+    // `device_for` also reports a bad TRIBUTARY_MATMUL_KERNEL.
+    let device = device_for("flex").unwrap_or_else(|e| {
+        eprintln!("expert_training: {e}");
+        std::process::exit(2)
+    });
     let mut t0 = None;
     let started = Instant::now();
     train_expert(
@@ -72,7 +77,7 @@ fn main() {
         None,
         None,
         &opts,
-        &Device::flex(),
+        &device,
         &mut |s| {
             if s.step == warmup {
                 t0 = Some(Instant::now());
