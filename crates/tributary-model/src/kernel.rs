@@ -3,9 +3,11 @@
 //! The products go to the `gemm` crate's kernels, which exist for AVX2/FMA and
 //! for AVX-512. Which is faster depends on the CPU, not only on what it
 //! supports: on CPUs that execute 512-bit instructions at full width (Intel
-//! Xeons, AMD Zen 5) the AVX-512 kernel trains 15–30 % faster, while AMD's
-//! Zen 4 splits each 512-bit instruction into two 256-bit halves, and there
-//! the AVX-512 build measured slower (BENCHMARKS.md, "Expert training").
+//! Xeons, AMD Zen 5) the AVX-512 kernel trained 15–30 % faster, while AMD's
+//! Zen 4 splits each 512-bit instruction into two 256-bit halves and so gains
+//! nothing from it (an AVX-512 build measured slower on one earlier AMD EPYC
+//! and no different on another, of unrecorded families: BENCHMARKS.md,
+//! "Expert training").
 //! `gemm` itself takes the widest kernel a CPU has, so this module makes the
 //! choice and calls the chosen kernel directly:
 //!
