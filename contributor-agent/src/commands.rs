@@ -316,7 +316,16 @@ pub fn merge_cmd(a: &MergeArgs) -> Result<()> {
         .with_context(|| format!("loading anchor {}", a.anchor.display()))?;
     let digest = anchor_digest(&a.anchor)?;
     let pkgs = load_experts(&a.expert)?;
+    if a.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
     let merged = merge(&anchor, &digest, &pkgs, a.top_k)?;
+    if merged.config.num_experts_per_tok < a.top_k {
+        eprintln!(
+            "note: --top-k {} is more than the {} experts of this model; every token uses all of them",
+            a.top_k, merged.config.num_experts
+        );
+    }
     merged.save(&a.out, Some(&a.anchor))?;
     eprintln!(
         "wrote {} with {} experts (0 = public{}), top-k {}",

@@ -145,6 +145,28 @@ fn train_merge_evaluate_and_opt_out() {
     assert_eq!(config["num_experts_per_tok"], 2);
     assert_eq!(config["model_type"], "flex_olmo");
     assert!(merged.join("tokenizer.json").is_file());
+    let merge_with_top_k = |k: &str, out: &str| {
+        let out = tmp.path().join(out);
+        let args = [
+            "merge",
+            "--anchor",
+            p(&anchor),
+            "--expert",
+            p(&expert),
+            "--top-k",
+            k,
+        ];
+        agent(&[&args[..], &["--out", p(&out)]].concat())
+    };
+    let zero = merge_with_top_k("0", "top0");
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--top-k must be at least 1"));
+    let five = merge_with_top_k("5", "top5");
+    let err = String::from_utf8_lossy(&five.stderr);
+    assert!(
+        five.status.success() && err.contains("every token uses all of them"),
+        "{err}"
+    );
 
     let text = slice("literature");
     let eval = |extra: &[&str]| {
@@ -299,6 +321,17 @@ fn clear_errors_for_bad_input() {
     args.push("--no-router-calibration");
     ok(&args);
     assert!(plain.join("expert.safetensors").is_file());
+    // Each manifest records which recipe trained it.
+    let recipe = |dir: &std::path::Path| {
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
+                .unwrap();
+        m["training"]["recipe"].clone()
+    };
+    assert_eq!(recipe(&plain)["router_init"], "mean-router-input");
+    assert_eq!(recipe(&plain)["public_loss_weight"], 0.0);
+    assert_eq!(recipe(&expert)["router_init"], "logistic");
+    assert_eq!(recipe(&expert)["public_loss_weight"], 1.0);
 }
 
 #[test]

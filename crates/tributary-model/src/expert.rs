@@ -69,6 +69,47 @@ pub struct TrainingMetadata {
     /// `r_pub` (should be small), when calibrated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_public_positive: Option<f64>,
+    /// The objective and router settings of the run, so that an expert trained
+    /// with FlexOlmo's recipe can be told from one trained with this project's
+    /// defaults (absent in packages written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<TrainingRecipe>,
+}
+
+/// The settings of an expert's training objective, as they took effect (a term
+/// that could not apply, such as the public loss without public text, is 0).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecipe {
+    /// Linear warm-up steps of the learning rate.
+    pub warmup: u64,
+    /// Decoupled weight decay on matrices.
+    pub weight_decay: f64,
+    /// Weight of the router z-loss.
+    pub z_loss_weight: f64,
+    /// How the router row `r_i` started: `mean-router-input` (FlexOlmo: the
+    /// mean router input over the contributor's text), `logistic` (fitted
+    /// against public text) or `gaussian` (Gaussian log-density ratio against
+    /// public text).
+    pub router_init: String,
+    /// Learning-rate multiplier of `r_i` (0: kept at its initial value).
+    pub router_lr_scale: f64,
+    /// Weight of the router calibration term during training.
+    pub router_calibration_weight: f64,
+    /// L2 regulariser of the calibrated router offset.
+    pub router_l2: f64,
+    /// Margin by which public text must prefer the public expert.
+    pub router_margin: f64,
+    /// Scale of the Gaussian initial row (`router_init = gaussian`).
+    pub router_gaussian_scale: f64,
+    /// Weight of the language-modelling loss on public calibration text.
+    pub public_loss_weight: f64,
+    /// Tokens of the public calibration text, if one was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_tokens: Option<u64>,
+    /// SHA-256 of the public calibration text's token ids (little-endian
+    /// `u32`), if one was used: whether two experts saw the same sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_sha256: Option<String>,
 }
 
 /// `manifest.json` of an expert package.

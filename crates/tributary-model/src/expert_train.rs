@@ -24,7 +24,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::ModelError;
-use crate::expert::{ExpertPackage, TrainingMetadata};
+use crate::expert::{ExpertPackage, TrainingMetadata, TrainingRecipe};
 use crate::model::{Ffn, FlexOlmo, Trace, to_host, to_host_transposed};
 use crate::names;
 use crate::objective::{
@@ -210,14 +210,13 @@ pub fn train_expert(
         weight_decay: opts.weight_decay,
         ..AdamWConfig::default()
     });
+    let calibrating =
+        calibration.is_some() && opts.router_calibration_weight > 0.0 && opts.router_lr_scale > 0.0;
     let mut recent = Vec::new();
     for step in 0..opts.steps {
         let t0 = Instant::now();
         let windows = sample_batch(train, seq_len, opts.batch_size, opts.seed, step)?;
         let model = two_expert_model(&base, &ps, false);
-        let calibrating = calibration.is_some()
-            && opts.router_calibration_weight > 0.0
-            && opts.router_lr_scale > 0.0;
         let mut trace = Trace {
             keep_router_logits: opts.z_loss_weight > 0.0,
             ..Trace::default()
@@ -337,6 +336,46 @@ pub fn train_expert(
         seconds: started.elapsed().as_secs_f64(),
         router_own_positive,
         router_public_positive,
+        recipe: Some(recipe(opts, public, calibrating)),
     };
     ExpertPackage::new(&anchor.config, anchor_digest.to_owned(), tensors, training)
+}
+
+/// The objective's settings as they took effect in [`train_expert`].
+fn recipe(opts: &TrainOptions, public: Option<&[u32]>, calibrating: bool) -> TrainingRecipe {
+    use sha2::{Digest, Sha256};
+    let router_init = match public {
+        None => "mean-router-input",
+        Some(_) if opts.router_gaussian_scale > 0.0 => "gaussian",
+        Some(_) => "logistic",
+    };
+    let calibration_sha256 = public.map(|p| {
+        let mut h = Sha256::new();
+        for t in p {
+            h.update(t.to_le_bytes());
+        }
+        hex::encode(h.finalize())
+    });
+    TrainingRecipe {
+        warmup: opts.warmup,
+        weight_decay: opts.weight_decay,
+        z_loss_weight: opts.z_loss_weight,
+        router_init: router_init.to_owned(),
+        router_lr_scale: opts.router_lr_scale,
+        router_calibration_weight: if calibrating {
+            opts.router_calibration_weight
+        } else {
+            0.0
+        },
+        router_l2: opts.router_l2,
+        router_margin: opts.router_margin,
+        router_gaussian_scale: opts.router_gaussian_scale,
+        public_loss_weight: if public.is_some() {
+            opts.public_loss_weight
+        } else {
+            0.0
+        },
+        calibration_tokens: public.map(|p| p.len() as u64),
+        calibration_sha256,
+    }
 }

@@ -191,6 +191,62 @@ fn training_changes_only_the_expert_and_is_deterministic() {
     // public expert on public text.
     assert!(m.router_own_positive.unwrap() > 0.9, "{m:?}");
     assert!(m.router_public_positive.unwrap() < 0.1, "{m:?}");
+    // The manifest says how: the default objective, with the public sample.
+    let r = m.recipe.as_ref().unwrap();
+    let opts = quick_opts(12);
+    assert_eq!(r.router_init, "logistic");
+    assert_eq!(r.public_loss_weight, opts.public_loss_weight);
+    assert_eq!(r.router_calibration_weight, opts.router_calibration_weight);
+    assert_eq!((r.warmup, r.z_loss_weight), (2, opts.z_loss_weight));
+    assert_eq!(r.calibration_tokens, Some(2_000));
+    let sample = r.calibration_sha256.as_deref().unwrap();
+    assert_eq!(
+        sample,
+        train(&anchor, &digest, 4, 1)
+            .manifest
+            .training
+            .recipe
+            .unwrap()
+            .calibration_sha256
+            .unwrap()
+    );
+    assert_eq!(sample.len(), 64);
+}
+
+#[test]
+fn without_public_text_the_manifest_records_flexolmos_recipe() {
+    let (anchor, digest) = anchor_with_router();
+    let expert = train_expert(
+        &anchor,
+        &digest,
+        &stream(2_000, 3),
+        None,
+        None,
+        &quick_opts(2),
+        &device(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let t = &expert.manifest.training;
+    let r = t.recipe.as_ref().unwrap();
+    assert_eq!(r.router_init, "mean-router-input");
+    assert_eq!(
+        (r.public_loss_weight, r.router_calibration_weight),
+        (0.0, 0.0)
+    );
+    assert_eq!(
+        (r.calibration_tokens, r.calibration_sha256.as_deref()),
+        (None, None)
+    );
+    assert_eq!(
+        (t.router_own_positive, t.router_public_positive),
+        (None, None)
+    );
+    // The record survives the package's round trip through disk.
+    let dir = tempfile::tempdir().unwrap();
+    expert.save(dir.path()).unwrap();
+    let back = ExpertPackage::load(dir.path()).unwrap();
+    assert_eq!(back.manifest.training, *t);
 }
 
 #[test]
@@ -573,6 +629,10 @@ fn a_gaussian_router_row_is_used_and_can_be_kept_fixed() {
         ..quick_opts(5)
     };
     let expert = train_with(&anchor, &digest, &data, &public, &opts);
+    let r = expert.manifest.training.recipe.as_ref().unwrap();
+    assert_eq!(r.router_init, "gaussian");
+    assert_eq!((r.router_gaussian_scale, r.router_lr_scale), (0.5, 0.0));
+    assert_eq!(r.router_calibration_weight, 0.0);
     let plain = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device()).unwrap();
     let own = router_features(&plain, &data, 32, opts.calibration_tokens).unwrap();
     let reference = router_features(&plain, &public, 32, opts.calibration_tokens).unwrap();
