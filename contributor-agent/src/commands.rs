@@ -311,14 +311,14 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 
 /// Runs `merge`.
 pub fn merge_cmd(a: &MergeArgs) -> Result<()> {
+    if a.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
     ensure_fresh_dir(&a.out)?;
     let anchor = Checkpoint::load(&a.anchor)
         .with_context(|| format!("loading anchor {}", a.anchor.display()))?;
     let digest = anchor_digest(&a.anchor)?;
     let pkgs = load_experts(&a.expert)?;
-    if a.top_k == 0 {
-        bail!("--top-k must be at least 1");
-    }
     let merged = merge(&anchor, &digest, &pkgs, a.top_k)?;
     if merged.config.num_experts_per_tok < a.top_k {
         eprintln!(

@@ -157,12 +157,13 @@ pub fn train_expert(
         .map(|layer| to_host(layer.router.clone().inner()).data)
         .collect();
     let mut calibration = None;
+    let router_init = RouterInit::of(opts, public.is_some());
     let r_init = match public {
         Some(public) => {
             let plain = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, device)?;
             let own = router_features(&plain, train, seq_len, opts.calibration_tokens)?;
             let public = router_features(&plain, public, seq_len, opts.calibration_tokens)?;
-            let offsets: Vec<Vec<f32>> = if opts.router_gaussian_scale > 0.0 {
+            let offsets: Vec<Vec<f32>> = if router_init == RouterInit::Gaussian {
                 let scale = opts.router_gaussian_scale as f32;
                 fit_gaussian_offsets(&own, &public, opts.router_l2, true)?
                     .into_iter()
@@ -336,19 +337,49 @@ pub fn train_expert(
         seconds: started.elapsed().as_secs_f64(),
         router_own_positive,
         router_public_positive,
-        recipe: Some(recipe(opts, public, calibrating)),
+        recipe: Some(recipe(opts, public, router_init, calibrating)),
     };
     ExpertPackage::new(&anchor.config, anchor_digest.to_owned(), tensors, training)
 }
 
+/// How [`train_expert`] starts the router row `r_i`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RouterInit {
+    /// FlexOlmo: the mean router input over the contributor's text (no public sample).
+    MeanInput,
+    /// Logistic regression of own against public router inputs.
+    Logistic,
+    /// A multiple of the Gaussian log-density-ratio row (`router_gaussian_scale > 0`).
+    Gaussian,
+}
+
+impl RouterInit {
+    fn of(opts: &TrainOptions, has_public: bool) -> Self {
+        match (has_public, opts.router_gaussian_scale > 0.0) {
+            (false, _) => Self::MeanInput,
+            (true, true) => Self::Gaussian,
+            (true, false) => Self::Logistic,
+        }
+    }
+
+    /// The name the manifest records.
+    fn name(self) -> &'static str {
+        match self {
+            Self::MeanInput => "mean-router-input",
+            Self::Logistic => "logistic",
+            Self::Gaussian => "gaussian",
+        }
+    }
+}
+
 /// The objective's settings as they took effect in [`train_expert`].
-fn recipe(opts: &TrainOptions, public: Option<&[u32]>, calibrating: bool) -> TrainingRecipe {
+fn recipe(
+    opts: &TrainOptions,
+    public: Option<&[u32]>,
+    router_init: RouterInit,
+    calibrating: bool,
+) -> TrainingRecipe {
     use sha2::{Digest, Sha256};
-    let router_init = match public {
-        None => "mean-router-input",
-        Some(_) if opts.router_gaussian_scale > 0.0 => "gaussian",
-        Some(_) => "logistic",
-    };
     let calibration_sha256 = public.map(|p| {
         let mut h = Sha256::new();
         for t in p {
@@ -360,7 +391,7 @@ fn recipe(opts: &TrainOptions, public: Option<&[u32]>, calibrating: bool) -> Tra
         warmup: opts.warmup,
         weight_decay: opts.weight_decay,
         z_loss_weight: opts.z_loss_weight,
-        router_init: router_init.to_owned(),
+        router_init: router_init.name().to_owned(),
         router_lr_scale: opts.router_lr_scale,
         router_calibration_weight: if calibrating {
             opts.router_calibration_weight
