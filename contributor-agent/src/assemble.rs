@@ -46,9 +46,20 @@ pub fn assemble(
         let k = top_k.unwrap_or(ckpt.config.num_experts_per_tok);
         ckpt = select_experts(&ckpt, keep, k).context("selecting experts")?;
     } else if let Some(k) = top_k {
-        ckpt.config.num_experts_per_tok = k.clamp(1, ckpt.config.num_experts);
+        ckpt.config.num_experts_per_tok = k.min(ckpt.config.num_experts);
     }
     Ok(ckpt)
+}
+
+/// Parses `--top-k`: the experts each token is routed to, at least one.
+pub fn parse_top_k(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("a token is routed to at least one expert: use 1 or more".to_owned()),
+        Ok(k) => Ok(k),
+        Err(_) => Err(format!(
+            "{s:?} is not a number of experts (expected e.g. 2)"
+        )),
+    }
 }
 
 /// A list of expert indices given as `0,2,3` on the command line.

@@ -15,6 +15,7 @@ use tributary_model::{Checkpoint, FlexOlmo};
 
 use crate::assemble::{
     DEFAULT_TOP_K, ExpertList, anchor_digest, assemble, load_experts, parse_expert_list,
+    parse_top_k,
 };
 use crate::progress::{eval_bar, on_step, training_bar};
 use crate::text;
@@ -164,7 +165,7 @@ pub struct MergeArgs {
     #[arg(long, num_args = 1..)]
     pub expert: Vec<PathBuf>,
     /// Experts each token is routed to.
-    #[arg(long, default_value_t = DEFAULT_TOP_K)]
+    #[arg(long, default_value_t = DEFAULT_TOP_K, value_parser = parse_top_k)]
     pub top_k: usize,
     /// Output checkpoint directory.
     #[arg(long)]
@@ -197,8 +198,8 @@ pub struct EvaluateArgs {
     /// Run only these experts, e.g. `0,2` (0 is the public expert).
     #[arg(long, value_parser = parse_expert_list)]
     pub experts: Option<ExpertList>,
-    /// Experts per token (default: the checkpoint's setting; capped at the number of experts).
-    #[arg(long)]
+    /// Experts per token, 1 or more (default: the checkpoint's setting; capped at the number of experts).
+    #[arg(long, value_parser = parse_top_k)]
     pub top_k: Option<usize>,
     /// Text to score: `.txt`, `.jsonl` with a `text` field, or directories.
     #[arg(long, required = true, num_args = 1..)]
@@ -311,9 +312,6 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 
 /// Runs `merge`.
 pub fn merge_cmd(a: &MergeArgs) -> Result<()> {
-    if a.top_k == 0 {
-        bail!("--top-k must be at least 1");
-    }
     ensure_fresh_dir(&a.out)?;
     let anchor = Checkpoint::load(&a.anchor)
         .with_context(|| format!("loading anchor {}", a.anchor.display()))?;

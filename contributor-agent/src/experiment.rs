@@ -15,7 +15,7 @@ use tributary_model::expert_train::train_expert;
 use tributary_model::merge::{merge, select_experts, soup};
 use tributary_model::{Checkpoint, ExpertPackage};
 
-use crate::assemble::anchor_digest;
+use crate::assemble::{DEFAULT_TOP_K, anchor_digest, parse_top_k};
 use crate::commands::{EvalSettings, TrainingArgs, load_stream, score};
 use crate::progress::{on_step, training_bar};
 use crate::text;
@@ -45,11 +45,11 @@ pub struct ExperimentArgs {
     #[command(flatten)]
     pub training: TrainingArgs,
     /// Experts per token in the merged model.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = DEFAULT_TOP_K, value_parser = parse_top_k)]
     pub top_k: usize,
     /// Also evaluate the merged model (all experts) with these numbers of
     /// experts per token, e.g. `1,3,6`; rows `merged-top-k:K` of the tables.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse_top_k)]
     pub sweep_top_k: Vec<usize>,
     /// Rounds of joint router calibration from statistics (`recalibrate`) for
     /// the rows `merged-joint` and `merged-joint-without:D` (opt-out then means
@@ -103,9 +103,6 @@ fn heldout(slices: &Path, set: &str) -> PathBuf {
 
 /// Runs the experiment.
 pub fn run(a: &ExperimentArgs) -> Result<()> {
-    if a.top_k == 0 || a.sweep_top_k.contains(&0) {
-        bail!("a merged model routes each token to at least one expert: top-k must be 1 or more");
-    }
     let domains = if a.domains.is_empty() {
         list_domains(&a.slices, &a.public)?
     } else {

@@ -160,7 +160,15 @@ fn train_merge_evaluate_and_opt_out() {
     };
     let zero = merge_with_top_k("0", "top0");
     assert!(!zero.status.success());
-    assert!(String::from_utf8_lossy(&zero.stderr).contains("--top-k must be at least 1"));
+    let err = String::from_utf8_lossy(&zero.stderr);
+    assert!(
+        err.contains("--top-k") && err.contains("at least one expert"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("top0").exists(),
+        "a refused merge wrote its --out"
+    );
     let five = merge_with_top_k("5", "top5");
     let err = String::from_utf8_lossy(&five.stderr);
     assert!(
@@ -184,6 +192,19 @@ fn train_merge_evaluate_and_opt_out() {
         merged_ppl
     );
     assert!(anchor_ppl > 1.0 && merged_ppl > 1.0);
+    // --top-k 0 is refused the same way by every command that takes it.
+    fails(
+        &[
+            "evaluate",
+            "--model",
+            p(&merged),
+            "--top-k",
+            "0",
+            "--text",
+            p(&text),
+        ],
+        "at least one expert",
+    );
 
     // The table form names the routing shares.
     let table = ok(&[
