@@ -48,7 +48,20 @@ pub fn assemble(
     } else if let Some(k) = top_k {
         ckpt.config.num_experts_per_tok = k.min(ckpt.config.num_experts);
     }
+    if let Some(k) = top_k {
+        note_if_top_k_exceeds(k, ckpt.config.num_experts);
+    }
     Ok(ckpt)
+}
+
+/// Tells the user, on stderr, that `--top-k` asked for more experts than
+/// the model has (every token then uses all of them).
+pub fn note_if_top_k_exceeds(top_k: usize, experts: usize) {
+    if top_k > experts {
+        eprintln!(
+            "note: --top-k {top_k} is more than the {experts} experts of this model; every token uses all of them"
+        );
+    }
 }
 
 /// Parses `--top-k`: the experts each token is routed to, at least one.
@@ -76,4 +89,21 @@ pub fn parse_expert_list(s: &str) -> Result<ExpertList, String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map(ExpertList)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_a_positive_number_of_experts() {
+        assert_eq!(parse_top_k("2"), Ok(2));
+        assert_eq!(parse_top_k(" 3 "), Ok(3));
+        let zero = parse_top_k("0").unwrap_err();
+        assert!(zero.contains("at least one expert"), "{zero}");
+        for bad in ["x", "-1", "1.5", ""] {
+            let err = parse_top_k(bad).unwrap_err();
+            assert!(err.contains("is not a number of experts"), "{bad:?}: {err}");
+        }
+    }
 }

@@ -14,8 +14,8 @@ use tributary_model::router::CALIBRATION_FILE;
 use tributary_model::{Checkpoint, FlexOlmo};
 
 use crate::assemble::{
-    DEFAULT_TOP_K, ExpertList, anchor_digest, assemble, load_experts, parse_expert_list,
-    parse_top_k,
+    DEFAULT_TOP_K, ExpertList, anchor_digest, assemble, load_experts, note_if_top_k_exceeds,
+    parse_expert_list, parse_top_k,
 };
 use crate::progress::{eval_bar, on_step, training_bar};
 use crate::text;
@@ -318,12 +318,7 @@ pub fn merge_cmd(a: &MergeArgs) -> Result<()> {
     let digest = anchor_digest(&a.anchor)?;
     let pkgs = load_experts(&a.expert)?;
     let merged = merge(&anchor, &digest, &pkgs, a.top_k)?;
-    if merged.config.num_experts_per_tok < a.top_k {
-        eprintln!(
-            "note: --top-k {} is more than the {} experts of this model; every token uses all of them",
-            a.top_k, merged.config.num_experts
-        );
-    }
+    note_if_top_k_exceeds(a.top_k, merged.config.num_experts);
     merged.save(&a.out, Some(&a.anchor))?;
     eprintln!(
         "wrote {} with {} experts (0 = public{}), top-k {}",

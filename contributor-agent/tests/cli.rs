@@ -159,10 +159,11 @@ fn train_merge_evaluate_and_opt_out() {
         agent(&[&args[..], &["--out", p(&out)]].concat())
     };
     let zero = merge_with_top_k("0", "top0");
-    assert!(!zero.status.success());
+    // Refused by the argument parser (clap's usage error, status 2).
+    assert_eq!(zero.status.code(), Some(2));
     let err = String::from_utf8_lossy(&zero.stderr);
     assert!(
-        err.contains("--top-k") && err.contains("at least one expert"),
+        err.contains("invalid value '0' for '--top-k") && err.contains("at least one expert"),
         "{err}"
     );
     assert!(
@@ -203,7 +204,29 @@ fn train_merge_evaluate_and_opt_out() {
             "--text",
             p(&text),
         ],
-        "at least one expert",
+        "invalid value '0' for '--top-k",
+    );
+    // More than the model's experts: all of them, with a note saying so.
+    let wide = agent(&[
+        "evaluate",
+        "--json",
+        "--seq-len",
+        "32",
+        "--model",
+        p(&merged),
+        "--top-k",
+        "5",
+        "--text",
+        p(&text),
+    ]);
+    let err = String::from_utf8_lossy(&wide.stderr);
+    assert!(
+        wide.status.success() && err.contains("every token uses all of them"),
+        "{err}"
+    );
+    assert_eq!(
+        perplexity(&String::from_utf8_lossy(&wide.stdout)),
+        merged_ppl
     );
 
     // The table form names the routing shares.
@@ -451,8 +474,12 @@ fn the_experiment_writes_every_row_and_checks_the_targets() {
     assert_eq!(again["perplexity"], first["perplexity"]);
 
     fails(
-        &[&base[..], &["--sweep-top-k", "0"]].concat(),
-        "at least one expert",
+        &[&base[..], &["--sweep-top-k", "1,0"]].concat(),
+        "invalid value '0' for '--sweep-top-k",
+    );
+    fails(
+        &[&base[..], &["--top-k", "0"]].concat(),
+        "invalid value '0' for '--top-k",
     );
     fails(
         &[
