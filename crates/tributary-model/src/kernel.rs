@@ -6,7 +6,7 @@
 //! Xeons, AMD Zen 5) the AVX-512 kernel trained 15–30 % faster, while AMD's
 //! Zen 4 splits each 512-bit instruction into two 256-bit halves and so gains
 //! nothing from it: on a Zen 4 (family 19h model 11h) eight alternated pairs
-//! of the training bench averaged −2.7 % with AVX-512, within noise, and
+//! of the training bench averaged −1.8 % with AVX-512, within noise, and
 //! earlier AVX-512 builds measured slower on one AMD EPYC and no different
 //! on another, of unrecorded families (BENCHMARKS.md, "Expert training").
 //! `gemm` itself takes the widest kernel a CPU has, so this module makes the
