@@ -76,6 +76,14 @@ pub struct TrainingArgs {
     /// public perplexity wherever it is routed to (see EXPERIMENT.md).
     #[arg(long, default_value_t = TrainOptions::DEFAULT.public_loss_weight)]
     pub public_loss: f64,
+    /// Weight of a term that keeps the expert's FFN output close to the public
+    /// FFN's on the public calibration text, layer by layer (relative squared
+    /// difference), so that public tokens a merged router sends to this expert
+    /// are treated as the anchor treats them. At the default, merged models
+    /// lose much less on public text for a few per cent on the expert's own
+    /// domain (EXPERIMENT.md); 0 turns it off.
+    #[arg(long, default_value_t = TrainOptions::DEFAULT.public_match_weight)]
+    pub public_match: f64,
     /// Train without router calibration (the row then starts as the mean router
     /// input of the contributor's data; experts trained so merge badly).
     #[arg(long, conflicts_with = "calibration_text")]
@@ -96,6 +104,7 @@ impl TrainingArgs {
             router_lr_scale: self.router_lr_scale,
             router_margin: self.router_margin,
             public_loss_weight: self.public_loss,
+            public_match_weight: self.public_match,
             router_gaussian_scale: self.router_gaussian,
             ..TrainOptions::default()
         }
@@ -466,6 +475,8 @@ mod tests {
             "0.5",
             "--router-gaussian",
             "0.75",
+            "--public-match",
+            "2",
         ])
         .expect("the flags parse");
         let options = parsed.training.to_options(0);
@@ -473,10 +484,12 @@ mod tests {
         assert_eq!(options.router_lr_scale, 0.0);
         assert_eq!(options.public_loss_weight, 0.5);
         assert_eq!(options.router_gaussian_scale, 0.75);
+        assert_eq!(options.public_match_weight, 2.0);
         let defaults = Wrapper::try_parse_from(["x"]).expect("no flags parse");
         assert_eq!(defaults.training.to_options(0).router_margin, 0.0);
         assert_eq!(defaults.training.to_options(0).public_loss_weight, 1.0);
         assert_eq!(defaults.training.to_options(0).router_gaussian_scale, 0.0);
+        assert_eq!(defaults.training.to_options(0).public_match_weight, 4.0);
         // The Gaussian row is fitted against the public sample: without one it cannot be.
         assert!(
             Wrapper::try_parse_from(["x", "--router-gaussian", "1", "--no-router-calibration"])

@@ -376,6 +376,8 @@ fn clear_errors_for_bad_input() {
     assert_eq!(recipe(&plain)["public_loss_weight"], 0.0);
     assert_eq!(recipe(&expert)["router_init"], "logistic");
     assert_eq!(recipe(&expert)["public_loss_weight"], 1.0);
+    assert_eq!(recipe(&plain)["public_match_weight"], 0.0);
+    assert_eq!(recipe(&expert)["public_match_weight"], 4.0);
 }
 
 #[test]

@@ -103,6 +103,10 @@ pub struct TrainingRecipe {
     pub router_gaussian_scale: f64,
     /// Weight of the language-modelling loss on public calibration text.
     pub public_loss_weight: f64,
+    /// Weight of the term keeping the expert's FFN close to the public FFN on
+    /// public calibration text (absent in manifests written before it existed: 0).
+    #[serde(default)]
+    pub public_match_weight: f64,
     /// Tokens of the public calibration text, if one was used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration_tokens: Option<u64>,

@@ -28,7 +28,7 @@ use crate::expert::{ExpertPackage, TrainingMetadata, TrainingRecipe};
 use crate::model::{Ffn, FlexOlmo, Trace, to_host, to_host_transposed};
 use crate::names;
 use crate::objective::{
-    StepInfo, TrainOptions, heldout_loss, lm_loss, lm_loss_traced, sample_batch, z_loss,
+    StepInfo, TrainOptions, heldout_loss, lm_loss_traced, sample_batch, z_loss,
 };
 use crate::optim::{AdamW, AdamWConfig, Param, schedule};
 use crate::router::{
@@ -233,14 +233,25 @@ pub fn train_expert(
             Some(z) => ce + z.mul_scalar(opts.z_loss_weight),
             None => ce,
         };
-        if opts.public_loss_weight > 0.0
+        if (opts.public_loss_weight > 0.0 || opts.public_match_weight > 0.0)
             && let Some(public) = public
         {
             // A quarter batch of public text, from its own sample stream.
             let rows = (opts.batch_size / 4).max(1);
             let windows = sample_batch(public, seq_len, rows, opts.seed ^ PUBLIC_SEED, step)?;
-            let (public_ce, _) = lm_loss(&model, &windows, rows, false)?;
-            total = total + public_ce.mul_scalar(opts.public_loss_weight);
+            let mut trace = Trace {
+                expert_gaps: (opts.public_match_weight > 0.0).then(Vec::new),
+                ..Trace::default()
+            };
+            let public_ce = lm_loss_traced(&model, &windows, rows, &mut trace)?;
+            if opts.public_loss_weight > 0.0 {
+                total = total + public_ce.mul_scalar(opts.public_loss_weight);
+            }
+            let gaps = trace.expert_gaps.unwrap_or_default();
+            let layers = gaps.len().max(1) as f64;
+            for gap in gaps {
+                total = total + gap.mul_scalar(opts.public_match_weight / layers);
+            }
         }
         if calibrating && let Some((set, _, _)) = &calibration {
             let offsets: Vec<Tensor<2>> = (0..base.layers.len())
@@ -403,6 +414,11 @@ fn recipe(
         router_gaussian_scale: opts.router_gaussian_scale,
         public_loss_weight: if public.is_some() {
             opts.public_loss_weight
+        } else {
+            0.0
+        },
+        public_match_weight: if public.is_some() {
+            opts.public_match_weight
         } else {
             0.0
         },

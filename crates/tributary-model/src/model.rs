@@ -87,6 +87,12 @@ pub struct Trace {
     /// Every router input row per layer (`tokens × hidden`, row-major), when `Some`
     /// (for router calibration).
     pub router_inputs: Option<Vec<Vec<f32>>>,
+    /// Per layer, when `Some` and every expert is active: how far the experts
+    /// after the first stray from it, `Σ‖E_e(x) − E_0(x)‖² / Σ‖E_0(x)‖²` over
+    /// the layer's tokens and experts `e ≥ 1` (expert 0's output held
+    /// constant). An expert trained to keep this small on public text does
+    /// what the public expert does there, wherever a router sends it.
+    pub expert_gaps: Option<Vec<Tensor<1>>>,
 }
 
 /// A FlexOlmo causal language model on one device.
@@ -335,9 +341,32 @@ impl FlexOlmo {
                     *c += tokens;
                 }
             }
+            let ys: Vec<Tensor<2>> = layer
+                .experts
+                .iter()
+                .map(|ffn| ffn.forward(x.clone()))
+                .collect();
+            if let Some(gaps) = trace.expert_gaps.as_mut()
+                && let Some((first, rest)) = ys.split_first()
+                && !rest.is_empty()
+            {
+                let base = first.clone().detach();
+                let scale = base.clone().square().sum().add_scalar(1e-12);
+                let mut gap: Option<Tensor<1>> = None;
+                for y in rest {
+                    let g = (y.clone() - base.clone()).square().sum();
+                    gap = Some(match gap {
+                        Some(acc) => acc + g,
+                        None => g,
+                    });
+                }
+                if let Some(g) = gap {
+                    gaps.push(g / scale.mul_scalar(rest.len() as f64));
+                }
+            }
             let mut out: Option<Tensor<2>> = None;
-            for (e, ffn) in layer.experts.iter().enumerate() {
-                let y = ffn.forward(x.clone()) * probs.clone().narrow(1, e, 1);
+            for (e, y) in ys.into_iter().enumerate() {
+                let y = y * probs.clone().narrow(1, e, 1);
                 out = Some(match out {
                     Some(acc) => acc + y,
                     None => y,

@@ -48,6 +48,13 @@ pub struct TrainOptions {
     /// text only, as in FlexOlmo). Teaches the expert not to harm public text;
     /// used only when a public calibration sample is given.
     pub public_loss_weight: f64,
+    /// Expert training: weight of a term that keeps the expert's FFN output
+    /// close to the public FFN's on the public calibration text, layer by layer
+    /// ([`crate::model::Trace::expert_gaps`]), so that public tokens a merged
+    /// router sends to this expert are treated as the anchor would treat them
+    /// (0: off, as in FlexOlmo). Used only when a public calibration sample
+    /// is given.
+    pub public_match_weight: f64,
     /// Expert training: 0 fits the initial router offset by logistic regression
     /// against public text; a positive value sets it instead to this multiple of
     /// the Gaussian log-density-ratio row with the public covariance
@@ -74,6 +81,7 @@ impl TrainOptions {
         router_margin: 0.0,
         router_lr_scale: 1.0,
         public_loss_weight: 1.0,
+        public_match_weight: 4.0,
         router_gaussian_scale: 0.0,
     };
 }

@@ -59,6 +59,10 @@ fn quick_opts(steps: u64) -> TrainOptions {
         lr: 5e-3,
         warmup: 2,
         eval_tokens: 256,
+        // These pseudo-texts share most of their patterns with the public one,
+        // and the anchor is untrained: holding the expert to the public FFN on
+        // public text would leave it nothing to learn. The term has its own test.
+        public_match_weight: 0.0,
         ..TrainOptions::default()
     }
 }
@@ -196,6 +200,7 @@ fn training_changes_only_the_expert_and_is_deterministic() {
     let opts = quick_opts(12);
     assert_eq!(r.router_init, "logistic");
     assert_eq!(r.public_loss_weight, opts.public_loss_weight);
+    assert_eq!(r.public_match_weight, opts.public_match_weight);
     assert_eq!(r.router_calibration_weight, opts.router_calibration_weight);
     assert_eq!((r.warmup, r.z_loss_weight), (2, opts.z_loss_weight));
     assert_eq!(r.calibration_tokens, Some(2_000));
@@ -231,8 +236,12 @@ fn without_public_text_the_manifest_records_flexolmos_recipe() {
     let r = t.recipe.as_ref().unwrap();
     assert_eq!(r.router_init, "mean-router-input");
     assert_eq!(
-        (r.public_loss_weight, r.router_calibration_weight),
-        (0.0, 0.0)
+        (
+            r.public_loss_weight,
+            r.public_match_weight,
+            r.router_calibration_weight
+        ),
+        (0.0, 0.0, 0.0)
     );
     assert_eq!(
         (r.calibration_tokens, r.calibration_sha256.as_deref()),
@@ -600,6 +609,7 @@ fn a_public_loss_keeps_the_expert_from_harming_public_text() {
     let public_ppl = |weight: f64| {
         let opts = TrainOptions {
             public_loss_weight: weight,
+            public_match_weight: 0.0,
             ..quick_opts(30)
         };
         let expert = train_with(&anchor, &digest, &data, &public, &opts);
@@ -614,6 +624,97 @@ fn a_public_loss_keeps_the_expert_from_harming_public_text() {
     assert!(
         with_public < own_only,
         "public perplexity {with_public} with the public loss, {own_only} without"
+    );
+}
+
+/// `Trace::expert_gaps` of every layer of `model` on `tokens` (one row).
+fn expert_gaps(model: &FlexOlmo, tokens: &[u32]) -> Vec<f32> {
+    let mut trace = Trace {
+        expert_gaps: Some(Vec::new()),
+        ..Trace::default()
+    };
+    model.hidden(tokens, 1, &mut trace).unwrap();
+    trace
+        .expert_gaps
+        .unwrap()
+        .into_iter()
+        .map(|g| g.into_scalar::<f32>())
+        .collect()
+}
+
+#[test]
+fn expert_gaps_measure_how_far_experts_stray_from_the_first() {
+    let (anchor, _) = anchor_with_router();
+    let mut model = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device()).unwrap();
+    let text = stream(32, 5);
+    assert!(
+        expert_gaps(&model, &text).is_empty(),
+        "one expert: nothing to compare"
+    );
+    // A copy of the public expert, then one whose down projection is doubled
+    // (so its output is exactly twice the public one: a relative gap of 1).
+    for layer in model.layers.iter_mut() {
+        let public = layer.experts[0].clone();
+        layer.router = burn::tensor::Tensor::cat(vec![layer.router.clone(); 2], 1);
+        layer.experts = vec![public.clone(), public];
+    }
+    model.config.num_experts = 2;
+    model.top_k = 2;
+    let same = expert_gaps(&model, &text);
+    assert_eq!(same.len(), anchor.config.num_hidden_layers);
+    for (l, g) in same.iter().enumerate() {
+        assert!(g.abs() < 1e-6, "layer {l}: identical experts, gap {g}");
+    }
+    for layer in model.layers.iter_mut() {
+        layer.experts[1].down = layer.experts[1].down.clone().mul_scalar(2.0);
+    }
+    for (l, g) in expert_gaps(&model, &text).iter().enumerate() {
+        assert!((g - 1.0).abs() < 1e-4, "layer {l}: doubled expert, gap {g}");
+    }
+    // With top-k below the number of experts no gap is measured (the experts
+    // do not all see every token).
+    model.top_k = 1;
+    assert!(expert_gaps(&model, &text).is_empty());
+}
+
+#[test]
+fn a_public_match_term_keeps_the_expert_close_to_the_public_ffn_on_public_text() {
+    let (anchor, digest) = anchor_with_router();
+    let data = stream(2_000, 3);
+    let public = stream(2_000, 1);
+    let public_heldout = stream(256, 1);
+    let trained = |weight: f64| {
+        let opts = TrainOptions {
+            public_match_weight: weight,
+            ..quick_opts(30)
+        };
+        let expert = train_with(&anchor, &digest, &data, &public, &opts);
+        let recipe = expert.manifest.training.recipe.clone().unwrap();
+        assert_eq!(recipe.public_match_weight, weight);
+        let merged = merge(&anchor, &digest, std::slice::from_ref(&expert), 2).unwrap();
+        let model = FlexOlmo::from_tensors(&merged.config, &merged.tensors, &device()).unwrap();
+        let gaps = expert_gaps(&model, &public_heldout[..64]);
+        let ppl = evaluate(&model, &public_heldout, 32, 4, &mut |_, _| {})
+            .unwrap()
+            .perplexity;
+        (gaps.iter().sum::<f32>() / gaps.len() as f32, ppl)
+    };
+    let plain = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device()).unwrap();
+    let anchor_ppl = evaluate(&plain, &public_heldout, 32, 4, &mut |_, _| {})
+        .unwrap()
+        .perplexity;
+    let (gap_off, ppl_off) = trained(0.0);
+    let (gap_on, ppl_on) = trained(16.0);
+    assert!(gap_off > 0.0, "training moved the expert: gap {gap_off}");
+    assert!(
+        gap_on < 0.5 * gap_off,
+        "mean gap on public text {gap_on} with the term, {gap_off} without"
+    );
+    // The merged model then treats public text more as the anchor does.
+    let off_by = |ppl: f64| (ppl / anchor_ppl - 1.0).abs();
+    assert!(
+        off_by(ppl_on) < off_by(ppl_off),
+        "public perplexity {ppl_on} with the term, {ppl_off} without, {anchor_ppl} for the anchor"
     );
 }
 
