@@ -71,17 +71,19 @@ pub struct TrainingArgs {
     pub router_gaussian: f64,
     /// Weight of a language-modelling loss on the public calibration text,
     /// computed through the two-expert model (a quarter batch per step), so
-    /// that the expert learns not to harm public text once merged. 0 trains on
-    /// own text only, as FlexOlmo does; at this scale that expert doubles
-    /// public perplexity wherever it is routed to (see EXPERIMENT.md).
+    /// that the expert learns not to harm public text once merged. With
+    /// `--public-match 0` as well, 0 trains on own text only, as FlexOlmo
+    /// does; at this scale that expert doubles public perplexity wherever it
+    /// is routed to (see EXPERIMENT.md).
     #[arg(long, default_value_t = TrainOptions::DEFAULT.public_loss_weight)]
     pub public_loss: f64,
     /// Weight of a term that keeps the expert's FFN output close to the public
     /// FFN's on the public calibration text, layer by layer (relative squared
     /// difference), so that public tokens a merged router sends to this expert
-    /// are treated as the anchor treats them. At the default, merged models
-    /// lose much less on public text for a few per cent on the expert's own
-    /// domain (EXPERIMENT.md); 0 turns it off.
+    /// do less harm. At the default, merged models lose much less on public
+    /// text for a few per cent on the expert's own domain (EXPERIMENT.md); 0
+    /// turns it off. Like `--public-loss`, it needs
+    /// the public calibration sample (off with `--no-router-calibration`).
     #[arg(long, default_value_t = TrainOptions::DEFAULT.public_match_weight)]
     pub public_match: f64,
     /// Train without router calibration (the row then starts as the mean router

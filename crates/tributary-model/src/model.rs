@@ -88,10 +88,11 @@ pub struct Trace {
     /// (for router calibration).
     pub router_inputs: Option<Vec<Vec<f32>>>,
     /// Per layer, when `Some` and every expert is active: how far the experts
-    /// after the first stray from it, `Σ‖E_e(x) − E_0(x)‖² / Σ‖E_0(x)‖²` over
-    /// the layer's tokens and experts `e ≥ 1` (expert 0's output held
-    /// constant). An expert trained to keep this small on public text does
-    /// what the public expert does there, wherever a router sends it.
+    /// after the first stray from it, the mean over experts `e ≥ 1` of
+    /// `Σ_t ‖E_e(x_t) − E_0(x_t)‖² / Σ_t ‖E_0(x_t)‖²` over the layer's tokens
+    /// (expert 0's output held constant; the input `x` is not). An expert
+    /// trained to keep this small on public text does much what the public
+    /// expert does there, whichever router row sends public tokens to it.
     pub expert_gaps: Option<Vec<Tensor<1>>>,
 }
 

@@ -51,7 +51,7 @@ pub struct TrainOptions {
     /// Expert training: weight of a term that keeps the expert's FFN output
     /// close to the public FFN's on the public calibration text, layer by layer
     /// ([`crate::model::Trace::expert_gaps`]), so that public tokens a merged
-    /// router sends to this expert are treated as the anchor would treat them
+    /// router sends to this expert are treated more as the anchor treats them
     /// (0: off, as in FlexOlmo). Used only when a public calibration sample
     /// is given.
     pub public_match_weight: f64,

@@ -200,7 +200,6 @@ fn training_changes_only_the_expert_and_is_deterministic() {
     let opts = quick_opts(12);
     assert_eq!(r.router_init, "logistic");
     assert_eq!(r.public_loss_weight, opts.public_loss_weight);
-    assert_eq!(r.public_match_weight, opts.public_match_weight);
     assert_eq!(r.router_calibration_weight, opts.router_calibration_weight);
     assert_eq!((r.warmup, r.z_loss_weight), (2, opts.z_loss_weight));
     assert_eq!(r.calibration_tokens, Some(2_000));
@@ -227,7 +226,11 @@ fn without_public_text_the_manifest_records_flexolmos_recipe() {
         &stream(2_000, 3),
         None,
         None,
-        &quick_opts(2),
+        // Asked for, but without public text neither public term can apply.
+        &TrainOptions {
+            public_match_weight: 4.0,
+            ..quick_opts(2)
+        },
         &device(),
         &mut |_| {},
     )
