@@ -90,12 +90,12 @@ pub enum AnchorError {
     #[error(transparent)]
     Blob(#[from] BlobError),
     /// Reading a local file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: std::path::PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not a separate one, so it is named once).
+        error: std::io::Error,
     },
 }
 
@@ -137,7 +137,7 @@ pub fn check_listing(files: &[AnchorFile], max_total: u64) -> Result<Sha256Diges
 pub async fn store_dir(store: &BlobStore, dir: &Path) -> Result<Vec<AnchorFile>, AnchorError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| AnchorError::Io { path, source }
+        move |error| AnchorError::Io { path, error }
     };
     let mut entries = tokio::fs::read_dir(dir).await.map_err(io(dir))?;
     let mut paths = Vec::new();

@@ -55,12 +55,12 @@ pub enum BlobError {
     #[error("blob store: {0}")]
     Store(#[from] object_store::Error),
     /// A local directory could not be created, or a local file read.
-    #[error("blob store path {path}: {source}")]
+    #[error("blob store path {path}: {error}")]
     Io {
         /// The directory.
         path: std::path::PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not a separate one, so it is named once).
+        error: std::io::Error,
     },
 }
 
@@ -101,7 +101,7 @@ fn read_pieces(
         .and_then(|r| r);
         match read {
             Ok((file, bytes)) => Ok(Some((bytes, (file, path, at + len, end)))),
-            Err(source) => Err(BlobError::Io { path, source }),
+            Err(error) => Err(BlobError::Io { path, error }),
         }
     })
     .boxed()
@@ -117,9 +117,9 @@ pub struct BlobStore {
 impl BlobStore {
     /// A store in a local directory (created if missing).
     pub fn open_local(dir: &std::path::Path) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(dir).map_err(|source| BlobError::Io {
+        std::fs::create_dir_all(dir).map_err(|error| BlobError::Io {
             path: dir.to_path_buf(),
-            source,
+            error,
         })?;
         let fs = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
         Ok(Self::new(Arc::new(fs), Path::default()))

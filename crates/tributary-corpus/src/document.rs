@@ -27,12 +27,14 @@ pub struct Document {
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
     /// A file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// (The I/O error is part of the message, not a separate cause, so that an
+    /// error chain does not print it twice.)
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The path that failed.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file is not valid UTF-8.
     #[error("{path} is not valid UTF-8 (first invalid byte at offset {valid_up_to})")]
@@ -188,10 +190,10 @@ fn parse_line(path: &Path, line: usize, content: &str) -> Result<Document, Corpu
     Ok(Document { id, text })
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> CorpusError {
+fn io_error(path: &Path, error: std::io::Error) -> CorpusError {
     CorpusError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -286,10 +288,16 @@ mod tests {
         let (error, _) = error_of("notes.md", b"x");
         assert!(matches!(error, CorpusError::Unsupported { .. }));
         let missing = tempfile::tempdir().unwrap().path().join("missing.txt");
-        assert!(matches!(
-            read_documents(&[&missing]).unwrap_err(),
-            CorpusError::Io { .. }
-        ));
+        let error = read_documents(&[&missing]).unwrap_err();
+        assert!(matches!(error, CorpusError::Io { .. }));
+        // The message names the path and the reason, once: no separate cause
+        // for an error chain to print again.
+        let message = error.to_string();
+        assert!(
+            message.contains("missing.txt") && message.contains("No such file"),
+            "{message}"
+        );
+        assert!(std::error::Error::source(&error).is_none());
     }
 }
 
