@@ -404,6 +404,8 @@ struct EvaluateOutput<'a> {
     perplexity: f64,
     num_experts: usize,
     top_k: usize,
+    /// The model's index of each routing column (the `--experts` list, when given).
+    experts: &'a [usize],
     routing: &'a [Vec<f64>],
 }
 
@@ -422,6 +424,12 @@ pub fn evaluate_cmd(a: &EvaluateArgs) -> Result<()> {
         backend: a.backend.backend.clone(),
     };
     let r = score(&ckpt, &stream, &settings, (!a.json).then_some("evaluate"))?;
+    // Routing columns are labelled with the model's own expert indices, so that
+    // `--experts 2,5` reports experts 2 and 5, not 0 and 1.
+    let ids: Vec<usize> = match &a.experts {
+        Some(list) => list.0.clone(),
+        None => (0..ckpt.config.num_experts).collect(),
+    };
     if a.json {
         let out = EvaluateOutput {
             tokens: r.tokens,
@@ -429,6 +437,7 @@ pub fn evaluate_cmd(a: &EvaluateArgs) -> Result<()> {
             perplexity: r.perplexity,
             num_experts: ckpt.config.num_experts,
             top_k: ckpt.config.num_experts_per_tok,
+            experts: &ids,
             routing: &r.routing,
         };
         println!("{}", serde_json::to_string(&out)?);
@@ -445,8 +454,8 @@ pub fn evaluate_cmd(a: &EvaluateArgs) -> Result<()> {
     for (l, shares) in r.routing.iter().enumerate() {
         let cells: Vec<String> = shares
             .iter()
-            .enumerate()
-            .map(|(e, s)| format!("{e}:{:5.1}%", 100.0 * s))
+            .zip(&ids)
+            .map(|(s, e)| format!("{e}:{:5.1}%", 100.0 * s))
             .collect();
         println!("  layer {l}: {}", cells.join("  "));
     }

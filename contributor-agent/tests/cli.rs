@@ -243,6 +243,20 @@ fn train_merge_evaluate_and_opt_out() {
         table.contains("perplexity") && table.contains("layer 1:"),
         "{table}"
     );
+    // Under --experts the routing columns keep the model's expert indices.
+    let only = |json: bool| {
+        let mut args = vec!["evaluate", "--model", p(&merged), "--experts", "1"];
+        args.extend_from_slice(&["--seq-len", "32", "--text", p(&text)]);
+        if json {
+            args.push("--json");
+        }
+        ok(&args)
+    };
+    let v: serde_json::Value = serde_json::from_str(only(true).trim()).unwrap();
+    assert_eq!(v["experts"], serde_json::json!([1]), "{v}");
+    assert_eq!(v["routing"][0], serde_json::json!([1.0]), "{v}");
+    let table = only(false);
+    assert!(table.contains("layer 0: 1:100.0%"), "{table}");
 
     let soup = tmp.path().join("soup");
     ok(&[
