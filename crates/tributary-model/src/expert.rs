@@ -69,6 +69,12 @@ pub struct TrainingMetadata {
     /// `r_pub` (should be small), when calibrated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_public_positive: Option<f64>,
+    /// The learned router bias `b_i` of each layer at the end of training.
+    /// Training adds `min(b_i, 0)` to the expert's router logit; merging drops
+    /// it (DESIGN.md), so a value ≥ 0 means the bias had no effect on the
+    /// final 2-expert model either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_bias: Option<Vec<f64>>,
     /// The objective and router settings of the run, so that an expert trained
     /// with FlexOlmo's recipe can be told from one trained with this project's
     /// defaults (absent in packages written before it was recorded).

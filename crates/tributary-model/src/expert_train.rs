@@ -28,7 +28,7 @@ use crate::expert::{ExpertPackage, TrainingMetadata, TrainingRecipe};
 use crate::model::{Ffn, FlexOlmo, Trace, to_host, to_host_transposed};
 use crate::names;
 use crate::objective::{
-    StepInfo, TrainOptions, heldout_loss, lm_loss_traced, sample_batch, z_loss,
+    StepInfo, TrainOptions, heldout_loss, inputs_and_targets, lm_loss_traced, sample_batch, z_loss,
 };
 use crate::optim::{AdamW, AdamWConfig, Param, schedule};
 use crate::router::{
@@ -243,9 +243,13 @@ pub fn train_expert(
                 expert_gaps: (opts.public_match_weight > 0.0).then(Vec::new),
                 ..Trace::default()
             };
-            let public_ce = lm_loss_traced(&model, &windows, rows, &mut trace)?;
             if opts.public_loss_weight > 0.0 {
+                let public_ce = lm_loss_traced(&model, &windows, rows, &mut trace)?;
                 total = total + public_ce.mul_scalar(opts.public_loss_weight);
+            } else {
+                // Only the layers' expert gaps are wanted: no LM head.
+                let (inputs, _) = inputs_and_targets(&windows, rows);
+                model.hidden(&inputs, rows, &mut trace)?;
             }
             let gaps = trace.expert_gaps.unwrap_or_default();
             let layers = gaps.len().max(1) as f64;
@@ -317,6 +321,12 @@ pub fn train_expert(
         router_own_positive = Some(o / n);
         router_public_positive = Some(p / n);
     }
+    let router_bias = (0..base.layers.len())
+        .map(|l| {
+            let b = to_host(ps.layer(l)[3].value.clone().inner()).data;
+            b.first().map_or(0.0, |&v| f64::from(v))
+        })
+        .collect();
     let mut tensors = TensorMap::new();
     let inter = anchor.config.intermediate_size;
     for l in 0..base.layers.len() {
@@ -348,6 +358,7 @@ pub fn train_expert(
         seconds: started.elapsed().as_secs_f64(),
         router_own_positive,
         router_public_positive,
+        router_bias: Some(router_bias),
         recipe: Some(recipe(opts, public, router_init, calibrating)),
     };
     ExpertPackage::new(&anchor.config, anchor_digest.to_owned(), tensors, training)

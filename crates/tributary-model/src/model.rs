@@ -349,19 +349,14 @@ impl FlexOlmo {
                 .collect();
             if let Some(gaps) = trace.expert_gaps.as_mut()
                 && let Some((first, rest)) = ys.split_first()
-                && !rest.is_empty()
             {
                 let base = first.clone().detach();
-                let scale = base.clone().square().sum().add_scalar(1e-12);
-                let mut gap: Option<Tensor<1>> = None;
-                for y in rest {
-                    let g = (y.clone() - base.clone()).square().sum();
-                    gap = Some(match gap {
-                        Some(acc) => acc + g,
-                        None => g,
-                    });
-                }
+                let gap = rest
+                    .iter()
+                    .map(|y| (y.clone() - base.clone()).square().sum())
+                    .reduce(|a, b| a + b);
                 if let Some(g) = gap {
+                    let scale = base.square().sum().add_scalar(1e-12);
                     gaps.push(g / scale.mul_scalar(rest.len() as f64));
                 }
             }

@@ -195,6 +195,10 @@ fn training_changes_only_the_expert_and_is_deterministic() {
     // public expert on public text.
     assert!(m.router_own_positive.unwrap() > 0.9, "{m:?}");
     assert!(m.router_public_positive.unwrap() < 0.1, "{m:?}");
+    // The learned bias of every layer is recorded, and training moved it from 0.
+    let bias = m.router_bias.as_ref().unwrap();
+    assert_eq!(bias.len(), anchor.config.num_hidden_layers, "{m:?}");
+    assert!(bias.iter().all(|b| b.is_finite() && *b != 0.0), "{bias:?}");
     // The manifest says how: the default objective, with the public sample.
     let r = m.recipe.as_ref().unwrap();
     let opts = quick_opts(12);
@@ -686,9 +690,10 @@ fn a_public_match_term_keeps_the_expert_close_to_the_public_ffn_on_public_text()
     let data = stream(2_000, 3);
     let public = stream(2_000, 1);
     let public_heldout = stream(256, 1);
-    let trained = |weight: f64| {
+    let trained_with = |weight: f64, public_loss: f64| {
         let opts = TrainOptions {
             public_match_weight: weight,
+            public_loss_weight: public_loss,
             ..quick_opts(30)
         };
         let expert = train_with(&anchor, &digest, &data, &public, &opts);
@@ -702,6 +707,7 @@ fn a_public_match_term_keeps_the_expert_close_to_the_public_ffn_on_public_text()
             .perplexity;
         (gaps.iter().sum::<f32>() / gaps.len() as f32, ppl)
     };
+    let trained = |weight: f64| trained_with(weight, TrainOptions::default().public_loss_weight);
     let plain = FlexOlmo::from_tensors(&anchor.config, &anchor.tensors, &device()).unwrap();
     let anchor_ppl = evaluate(&plain, &public_heldout, 32, 4, &mut |_, _| {})
         .unwrap()
@@ -712,6 +718,12 @@ fn a_public_match_term_keeps_the_expert_close_to_the_public_ffn_on_public_text()
     assert!(
         gap_on < 0.5 * gap_off,
         "mean gap on public text {gap_on} with the term, {gap_off} without"
+    );
+    // The term works on its own too (the public batch then skips the LM head).
+    let (gap_alone, _) = trained_with(16.0, 0.0);
+    assert!(
+        gap_alone < 0.5 * gap_off,
+        "mean gap on public text {gap_alone} with the term alone, {gap_off} without it"
     );
     // The merged model then treats public text more as the anchor does.
     let off_by = |ppl: f64| (ppl / anchor_ppl - 1.0).abs();
