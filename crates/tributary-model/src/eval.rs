@@ -94,7 +94,8 @@ pub fn evaluate(
         for &&(s, l) in group {
             toks.extend_from_slice(&stream[s..s + l]);
         }
-        let lps = next_token_logprobs(model, &toks, group.len(), &mut trace)?;
+        let rows = group.len();
+        let lps = crate::device::on_pool(|| next_token_logprobs(model, &toks, rows, &mut trace))?;
         sum -= lps.iter().sum::<f64>();
         count += lps.len() as u64;
         done += group.len();

@@ -216,59 +216,63 @@ pub fn train_expert(
     let mut recent = Vec::new();
     for step in 0..opts.steps {
         let t0 = Instant::now();
-        let windows = sample_batch(train, seq_len, opts.batch_size, opts.seed, step)?;
-        let model = two_expert_model(&base, &ps, false);
-        let mut trace = Trace {
-            keep_router_logits: opts.z_loss_weight > 0.0,
-            ..Trace::default()
-        };
-        let ce = lm_loss_traced(&model, &windows, opts.batch_size, &mut trace)?;
-        let loss_value = f64::from(ce.clone().into_scalar::<f32>());
-        if !loss_value.is_finite() {
-            return Err(ModelError::Diverged(format!(
-                "loss is {loss_value} at step {step}"
-            )));
-        }
-        let mut total = match z_loss(std::mem::take(&mut trace.router_logits)) {
-            Some(z) => ce + z.mul_scalar(opts.z_loss_weight),
-            None => ce,
-        };
-        if (opts.public_loss_weight > 0.0 || opts.public_match_weight > 0.0)
-            && let Some(public) = public
-        {
-            // A quarter batch of public text, from its own sample stream.
-            let rows = (opts.batch_size / 4).max(1);
-            let windows = sample_batch(public, seq_len, rows, opts.seed ^ PUBLIC_SEED, step)?;
+        let lr = schedule(opts.lr, step, opts.warmup, opts.steps);
+        // The step's work, on rayon's pool (see `on_pool`).
+        let (loss_value, grad_norm) = crate::device::on_pool(|| -> Result<_, ModelError> {
+            let windows = sample_batch(train, seq_len, opts.batch_size, opts.seed, step)?;
+            let model = two_expert_model(&base, &ps, false);
             let mut trace = Trace {
-                expert_gaps: (opts.public_match_weight > 0.0).then(Vec::new),
+                keep_router_logits: opts.z_loss_weight > 0.0,
                 ..Trace::default()
             };
-            if opts.public_loss_weight > 0.0 {
-                let public_ce = lm_loss_traced(&model, &windows, rows, &mut trace)?;
-                total = total + public_ce.mul_scalar(opts.public_loss_weight);
-            } else {
-                // Only the layers' expert gaps are wanted: no LM head.
-                let (inputs, _) = inputs_and_targets(&windows, rows);
-                model.hidden(&inputs, rows, &mut trace)?;
+            let ce = lm_loss_traced(&model, &windows, opts.batch_size, &mut trace)?;
+            let loss_value = f64::from(ce.clone().into_scalar::<f32>());
+            if !loss_value.is_finite() {
+                return Err(ModelError::Diverged(format!(
+                    "loss is {loss_value} at step {step}"
+                )));
             }
-            let gaps = trace.expert_gaps.unwrap_or_default();
-            let layers = gaps.len().max(1) as f64;
-            for gap in gaps {
-                total = total + gap.mul_scalar(opts.public_match_weight / layers);
+            let mut total = match z_loss(std::mem::take(&mut trace.router_logits)) {
+                Some(z) => ce + z.mul_scalar(opts.z_loss_weight),
+                None => ce,
+            };
+            if (opts.public_loss_weight > 0.0 || opts.public_match_weight > 0.0)
+                && let Some(public) = public
+            {
+                // A quarter batch of public text, from its own sample stream.
+                let rows = (opts.batch_size / 4).max(1);
+                let windows = sample_batch(public, seq_len, rows, opts.seed ^ PUBLIC_SEED, step)?;
+                let mut trace = Trace {
+                    expert_gaps: (opts.public_match_weight > 0.0).then(Vec::new),
+                    ..Trace::default()
+                };
+                if opts.public_loss_weight > 0.0 {
+                    let public_ce = lm_loss_traced(&model, &windows, rows, &mut trace)?;
+                    total = total + public_ce.mul_scalar(opts.public_loss_weight);
+                } else {
+                    // Only the layers' expert gaps are wanted: no LM head.
+                    let (inputs, _) = inputs_and_targets(&windows, rows);
+                    model.hidden(&inputs, rows, &mut trace)?;
+                }
+                let gaps = trace.expert_gaps.unwrap_or_default();
+                let layers = gaps.len().max(1) as f64;
+                for gap in gaps {
+                    total = total + gap.mul_scalar(opts.public_match_weight / layers);
+                }
             }
-        }
-        if calibrating && let Some((set, _, _)) = &calibration {
-            let offsets: Vec<Tensor<2>> = (0..base.layers.len())
-                .map(|l| ps.layer(l)[2].value.clone() - r_pub_dev[l].clone())
-                .collect();
-            total = total
-                + set
-                    .loss(&offsets)
-                    .mul_scalar(opts.router_calibration_weight);
-        }
-        let grads = total.backward();
-        let lr = schedule(opts.lr, step, opts.warmup, opts.steps);
-        let grad_norm = opt.step(&mut ps.params, &grads, lr)?;
+            if calibrating && let Some((set, _, _)) = &calibration {
+                let offsets: Vec<Tensor<2>> = (0..base.layers.len())
+                    .map(|l| ps.layer(l)[2].value.clone() - r_pub_dev[l].clone())
+                    .collect();
+                total = total
+                    + set
+                        .loss(&offsets)
+                        .mul_scalar(opts.router_calibration_weight);
+            }
+            let grads = total.backward();
+            let grad_norm = opt.step(&mut ps.params, &grads, lr)?;
+            Ok((loss_value, grad_norm))
+        })?;
         recent.push(loss_value);
         if recent.len() > 20 {
             recent.remove(0);

@@ -235,11 +235,15 @@ impl FlexOlmo {
         let device = self.device();
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &device);
-        let mut x = self.embed.clone().select(0, ids);
-        for (l, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(l, layer, x, batch, seq, trace);
-        }
-        Ok(rms_norm(x, &self.norm, self.config.rms_norm_eps))
+        // On rayon's pool, so that each operation's parallel work starts
+        // without waking the pool from outside (`on_pool`).
+        Ok(crate::device::on_pool(|| {
+            let mut x = self.embed.clone().select(0, ids);
+            for (l, layer) in self.layers.iter().enumerate() {
+                x = self.layer_forward(l, layer, x, batch, seq, trace);
+            }
+            rms_norm(x, &self.norm, self.config.rms_norm_eps)
+        }))
     }
 
     /// Refuses token ids outside the vocabulary (inputs, and targets before

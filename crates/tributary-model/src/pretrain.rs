@@ -347,18 +347,22 @@ pub fn pretrain(
     let seq_len = opts.seq_len.min(config.max_position_embeddings);
     for step in first..opts.steps {
         let t0 = Instant::now();
-        let windows = sample_batch(train, seq_len, opts.batch_size, opts.seed, step)?;
-        let model = model_of(&template, &ps, mask.as_ref());
-        let (ce, _) = lm_loss(&model, &windows, opts.batch_size, false)?;
-        let loss = f64::from(ce.clone().into_scalar::<f32>());
-        if !loss.is_finite() {
-            return Err(ModelError::Diverged(format!(
-                "loss is {loss} at step {step}"
-            )));
-        }
-        let grads = ce.backward();
         let lr = schedule(opts.lr, step, opts.warmup, opts.steps);
-        let grad_norm = opt.step(&mut ps, &grads, lr)?;
+        // The step's work, on rayon's pool (see `on_pool`).
+        let (loss, grad_norm) = crate::device::on_pool(|| -> Result<_, ModelError> {
+            let windows = sample_batch(train, seq_len, opts.batch_size, opts.seed, step)?;
+            let model = model_of(&template, &ps, mask.as_ref());
+            let (ce, _) = lm_loss(&model, &windows, opts.batch_size, false)?;
+            let loss = f64::from(ce.clone().into_scalar::<f32>());
+            if !loss.is_finite() {
+                return Err(ModelError::Diverged(format!(
+                    "loss is {loss} at step {step}"
+                )));
+            }
+            let grads = ce.backward();
+            let grad_norm = opt.step(&mut ps, &grads, lr)?;
+            Ok((loss, grad_norm))
+        })?;
         let done = step + 1;
         let eval_loss = match heldout {
             Some(h) if opts.eval_every > 0 && done % opts.eval_every == 0 => {
