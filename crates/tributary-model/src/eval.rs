@@ -98,7 +98,7 @@ pub fn evaluate(
         let lps = crate::device::on_pool(|| next_token_logprobs(model, &toks, rows, &mut trace))?;
         sum -= lps.iter().sum::<f64>();
         count += lps.len() as u64;
-        done += group.len();
+        done += rows;
         progress(done, wins.len());
     }
     let nll = sum / count as f64;
