@@ -133,9 +133,9 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
         let dir = a.out.join("experts").join(d);
         let train_docs = text::documents(&[a.slices.join(d).join("train.jsonl")])?;
         let train = text::stream(&train_docs, &tok)?;
-        train_streams.push(train.clone());
         if a.reuse && dir.join("manifest.json").is_file() {
             experts.push(ExpertPackage::load(&dir)?);
+            train_streams.push(train);
             eprintln!("reusing expert for {d}");
             continue;
         }
@@ -157,6 +157,7 @@ pub fn run(a: &ExperimentArgs) -> Result<()> {
         bar.finish();
         pkg.save(&dir)?;
         experts.push(pkg);
+        train_streams.push(train);
     }
 
     // 2. Models to compare.

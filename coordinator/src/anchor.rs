@@ -12,13 +12,15 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tributary_corpus::{TextTokenizer, read_documents, spread_sample, token_stream};
+use tributary_corpus::{
+    TextTokenizer, document_files, read_documents, spread_sample, token_stream,
+};
 use tributary_model::FlexOlmoConfig;
 use tributary_model::checkpoint::{copy_tokenizer, file_sha256};
 use tributary_model::device::device_for;
 use tributary_model::objective::TrainOptions;
 use tributary_model::pretrain::{
-    PretrainRun, init_anchor, load_resume, pretrain, set_public_router,
+    PretrainRun, Pretrained, RESUME_DIR, init_anchor, load_resume, pretrain, set_public_router,
 };
 use tributary_model::router::CALIBRATION_FILE;
 
@@ -85,9 +87,14 @@ pub struct PretrainArgs {
     /// Save a resumable state every this many steps (0: never).
     #[arg(long, default_value_t = 250)]
     pub checkpoint_every: u64,
-    /// Continue from the state saved in `--out/resume`.
+    /// Continue from the state saved in `--out/resume`, with the same
+    /// settings and data as the run that saved it (checked).
     #[arg(long)]
     pub resume: bool,
+    /// Save the state after this step and stop; continue later with the same
+    /// command plus `--resume` (to split a long run over several sessions).
+    #[arg(long, value_name = "STEP")]
+    pub pause_at: Option<u64>,
     /// Compute backend.
     #[arg(long, env = "TRIBUTARY_BACKEND", default_value = "flex")]
     pub backend: String,
@@ -95,7 +102,11 @@ pub struct PretrainArgs {
 
 #[derive(Serialize)]
 struct Recipe {
+    /// The command that started the run.
     command: String,
+    /// The commands that resumed it, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    resumed_by: Vec<String>,
     config: FlexOlmoConfig,
     data: Vec<FileDigest>,
     heldout: Vec<FileDigest>,
@@ -113,6 +124,8 @@ struct Recipe {
     final_heldout_loss: Option<f64>,
     final_heldout_perplexity: Option<f64>,
     model_sha256: String,
+    /// Training time over every invocation, and this invocation's time
+    /// since it started (reading data, `r_pub`, writing files included).
     seconds: f64,
 }
 
@@ -122,22 +135,59 @@ struct FileDigest {
     sha256: String,
 }
 
+/// Every file read for `paths` (directories expanded as `read_documents`
+/// walks them) with its digest.
 fn digests(paths: &[PathBuf]) -> Result<Vec<FileDigest>> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_file() {
-            out.push(FileDigest {
-                path: p.display().to_string(),
-                sha256: file_sha256(p)?,
-            });
-        } else {
-            out.push(FileDigest {
-                path: p.display().to_string(),
-                sha256: "directory".into(),
-            });
-        }
-    }
-    Ok(out)
+    document_files(paths)
+        .context("listing text files")?
+        .into_iter()
+        .map(|f| {
+            Ok(FileDigest {
+                sha256: file_sha256(&f)?,
+                path: f.display().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// What a resumed run must find unchanged: everything that decides the
+/// steps it has yet to take, except `--steps`/`--seed` (checked by the model
+/// crate) and how often it evaluates or saves.
+#[derive(Serialize)]
+struct ResumeSettings<'a> {
+    config: &'a FlexOlmoConfig,
+    data: &'a [FileDigest],
+    heldout: &'a [FileDigest],
+    tokenizer_sha256: &'a str,
+    batch_size: usize,
+    lr: f64,
+    warmup: u64,
+    weight_decay: f64,
+    context_heads: usize,
+}
+
+/// The settings of `saved` that differ from `now`, as `name: saved → now`.
+fn changed_settings(saved: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let (Some(saved), Some(now)) = (saved.as_object(), now.as_object()) else {
+        return vec![format!("{saved} → {now}")];
+    };
+    let mut keys: Vec<&String> = saved.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| saved.get(*k) != now.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| {
+                let text = v.map_or_else(|| "(none)".to_owned(), ToString::to_string);
+                if text.len() > 120 {
+                    format!("{}…", &text[..text.floor_char_boundary(120)])
+                } else {
+                    text
+                }
+            };
+            format!("{k}: {} → {}", show(saved.get(k)), show(now.get(k)))
+        })
+        .collect()
 }
 
 fn tokens(paths: &[PathBuf], tok: &TextTokenizer) -> Result<Vec<u32>> {
@@ -193,6 +243,24 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         eval_tokens: 65_536,
         ..TrainOptions::default()
     };
+    let invocation = std::iter::once("coordinator".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let data_digests = digests(&a.data)?;
+    let heldout_digests = digests(&a.heldout)?;
+    let tokenizer_sha256 = file_sha256(&a.tokenizer.join("tokenizer.json"))?;
+    let settings = serde_json::to_value(ResumeSettings {
+        config: &config,
+        data: &data_digests,
+        heldout: &heldout_digests,
+        tokenizer_sha256: &tokenizer_sha256,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        warmup: a.warmup,
+        weight_decay: a.weight_decay,
+        context_heads: a.context_heads,
+    })?;
     let (start, resume) = if a.resume {
         match load_resume(&a.out)? {
             Some((ckpt, moments, state)) => {
@@ -202,19 +270,48 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
                         a.out.display()
                     );
                 }
+                if (state.total_steps, state.seed) != (a.steps, a.seed) {
+                    bail!(
+                        "the saved state in {} is of a run of {} steps with seed {}; resume it with --steps {} --seed {}",
+                        a.out.display(),
+                        state.total_steps,
+                        state.seed,
+                        state.total_steps,
+                        state.seed
+                    );
+                }
+                // States saved before settings were recorded cannot be checked.
+                if let Some(saved) = &state.settings {
+                    let changed = changed_settings(saved, &settings);
+                    if !changed.is_empty() {
+                        bail!(
+                            "the saved state in {} was made with other settings or data; resume with those of the run that saved it (the same command plus --resume):\n  {}",
+                            a.out.display(),
+                            changed.join("\n  ")
+                        );
+                    }
+                }
                 eprintln!("resuming at step {} of {}", state.step, state.total_steps);
                 (ckpt, Some((moments, state)))
             }
             None => bail!(
                 "--resume given but {} holds no saved state",
-                a.out.join("resume").display()
+                a.out.join(RESUME_DIR).display()
             ),
         }
     } else {
         if a.out.join("model.safetensors").exists() {
             bail!(
-                "{} already holds a model; pass --resume to continue or choose another --out",
+                "{} already holds a model; choose another --out",
                 a.out.display()
+            );
+        }
+        if let Some(state) = load_resume(&a.out).ok().flatten().map(|(_, _, s)| s) {
+            bail!(
+                "{} holds the saved state of an unfinished run (step {} of {}); pass --resume to continue it, or choose another --out",
+                a.out.display(),
+                state.step,
+                state.total_steps
             );
         }
         (init_anchor(&config, a.seed)?, None)
@@ -239,9 +336,18 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         tokenizer_dir: Some(&a.tokenizer),
         context_heads: a.context_heads,
+        pause_at: a.pause_at,
+        invocation: Some(invocation.clone()),
+        settings: Some(settings),
     };
+    let mut invocations = run
+        .resume
+        .as_ref()
+        .map_or_else(Vec::new, |(_, s)| s.invocations.clone());
+    invocations.push(invocation);
+    let seconds_before = run.resume.as_ref().map_or(0.0, |(_, s)| s.seconds);
     let held_ref = (!held.is_empty()).then_some(held.as_slice());
-    let (mut ckpt, final_loss) = pretrain(run, &train, held_ref, &device, &mut |s| {
+    let outcome = pretrain(run, &train, held_ref, &device, &mut |s| {
         let v = smooth.map_or(s.loss, |p| 0.95 * p + 0.05 * s.loss);
         smooth = Some(v);
         bar.set_position(s.step);
@@ -263,10 +369,24 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         }
     })?;
     bar.finish();
+    let (mut ckpt, final_loss) = match outcome {
+        Pretrained::Finished {
+            checkpoint,
+            heldout_loss,
+        } => (*checkpoint, heldout_loss),
+        Pretrained::Paused { step } => {
+            eprintln!(
+                "paused after step {step} of {}: the state is in {}; run the same command with --resume (and without --pause-at, or a later one) to continue",
+                a.steps,
+                a.out.join(RESUME_DIR).display()
+            );
+            return Ok(());
+        }
+    };
     eprintln!("computing the public router row r_pub");
     set_public_router(&mut ckpt, &train, a.context, 262_144, &device)?;
     ckpt.save(&a.out, Some(&a.tokenizer))?;
-    let resume_dir = a.out.join(tributary_model::pretrain::RESUME_DIR);
+    let resume_dir = a.out.join(RESUME_DIR);
     if resume_dir.exists() {
         std::fs::remove_dir_all(&resume_dir)
             .with_context(|| format!("removing {}", resume_dir.display()))?;
@@ -276,15 +396,14 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
     let sample = a.out.join(CALIBRATION_FILE);
     std::fs::write(&sample, spread_sample(&docs, CALIBRATION_BYTES))
         .with_context(|| format!("writing {}", sample.display()))?;
+    let mut invocations = invocations.into_iter();
     let recipe = Recipe {
-        command: std::iter::once("coordinator".to_owned())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
+        command: invocations.next().unwrap_or_default(),
+        resumed_by: invocations.collect(),
         config: ckpt.config.clone(),
-        data: digests(&a.data)?,
-        heldout: digests(&a.heldout)?,
-        tokenizer_sha256: file_sha256(&a.tokenizer.join("tokenizer.json"))?,
+        data: data_digests,
+        heldout: heldout_digests,
+        tokenizer_sha256,
         train_tokens: train.len(),
         heldout_tokens: held.len(),
         steps: a.steps,
@@ -298,7 +417,7 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         final_heldout_loss: final_loss,
         final_heldout_perplexity: final_loss.map(f64::exp),
         model_sha256: file_sha256(&a.out.join("model.safetensors"))?,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: seconds_before + started.elapsed().as_secs_f64(),
     };
     write_json(&a.out.join("recipe.json"), &recipe)?;
     match final_loss {

@@ -19,6 +19,7 @@ mod anchor;
 mod assemble;
 mod blobs;
 mod ledger;
+mod pretrain;
 mod records;
 mod replicas;
 mod service;

@@ -99,23 +99,37 @@ impl Format {
 /// a `.jsonl` file or a directory (walked recursively, sorted by path).
 pub fn read_documents(paths: &[impl AsRef<Path>]) -> Result<Vec<Document>, CorpusError> {
     let mut documents = Vec::new();
+    for (file, format) in typed_files(paths)? {
+        read_file(&file, format, &mut documents)?;
+    }
+    Ok(documents)
+}
+
+/// The files [`read_documents`] reads for `paths`, in the order it reads
+/// them (for recording what a run was trained on).
+pub fn document_files(paths: &[impl AsRef<Path>]) -> Result<Vec<PathBuf>, CorpusError> {
+    Ok(typed_files(paths)?.into_iter().map(|(f, _)| f).collect())
+}
+
+fn typed_files(paths: &[impl AsRef<Path>]) -> Result<Vec<(PathBuf, Format)>, CorpusError> {
+    let mut files = Vec::new();
     for path in paths {
         let path = path.as_ref();
         let metadata = fs::metadata(path).map_err(|source| io_error(path, source))?;
         if metadata.is_dir() {
             for file in files_under(path)? {
                 if let Some(format) = Format::of(&file) {
-                    read_file(&file, format, &mut documents)?;
+                    files.push((file, format));
                 }
             }
         } else {
             let format = Format::of(path).ok_or_else(|| CorpusError::Unsupported {
                 path: path.to_path_buf(),
             })?;
-            read_file(path, format, &mut documents)?;
+            files.push((path.to_path_buf(), format));
         }
     }
-    Ok(documents)
+    Ok(files)
 }
 
 /// Every file under `directory`, recursively, in sorted path order.
@@ -281,6 +295,17 @@ mod tests {
             .map(|d| d.text)
             .collect();
         assert_eq!(texts, ["ac", "az", "b", "cde"]);
+        // The same files, in the same order, are what a run records it read.
+        let files = document_files(&[dir.path()]).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.strip_prefix(dir.path()).unwrap().to_path_buf())
+            .collect();
+        let want: Vec<PathBuf> = ["a/c.txt", "a/z.jsonl", "b.txt", "c/d/e.txt"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(names, want);
     }
 
     #[test]

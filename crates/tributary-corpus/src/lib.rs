@@ -11,6 +11,6 @@ pub mod document;
 pub mod stream;
 pub mod tokenizer;
 
-pub use document::{CorpusError, Document, read_documents, spread_sample};
+pub use document::{CorpusError, Document, document_files, read_documents, spread_sample};
 pub use stream::{shuffled_windows, token_stream, windows};
 pub use tokenizer::{EOS_TOKEN, TextTokenizer, TokenizerError};

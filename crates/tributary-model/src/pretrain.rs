@@ -228,6 +228,10 @@ fn tensors_of(
 }
 
 /// Progress of a pretraining run, saved beside its resumable checkpoint.
+///
+/// `trainer_state.json` is written last and atomically, and names the
+/// directory that holds the weights and optimiser moments of its step: a run
+/// killed while it saves a new state leaves the previous one intact.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainerState {
     /// Steps completed.
@@ -238,10 +242,32 @@ pub struct TrainerState {
     pub seed: u64,
     /// Last held-out loss measured, if any.
     pub last_eval_loss: Option<f64>,
+    /// Subdirectory of `resume/` holding this step's weights and moments;
+    /// absent in states saved before it existed (they kept both in `resume/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Wall-clock seconds spent training so far, over every invocation.
+    #[serde(default)]
+    pub seconds: f64,
+    /// The command lines that ran the steps so far, first to last.
+    #[serde(default)]
+    pub invocations: Vec<String>,
+    /// Whatever the caller must find unchanged when the run resumes (data
+    /// digests, settings); opaque here, compared by the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
 }
 
 /// Where a resumable run keeps its state.
 pub const RESUME_DIR: &str = "resume";
+
+/// The state file inside [`RESUME_DIR`].
+const STATE_FILE: &str = "trainer_state.json";
+
+/// The subdirectory of [`RESUME_DIR`] that holds step `step`.
+fn step_dir(step: u64) -> String {
+    format!("step-{step:08}")
+}
 
 fn save_resume(
     dir: &Path,
@@ -251,17 +277,43 @@ fn save_resume(
     tokenizer: Option<&Path>,
 ) -> Result<(), ModelError> {
     let rdir = dir.join(RESUME_DIR);
-    ckpt.save(&rdir, tokenizer)?;
+    let name = state
+        .dir
+        .clone()
+        .unwrap_or_else(|| unreachable!("save_resume is given a state with its directory"));
+    let sdir = rdir.join(&name);
+    // A directory of this name can only be left over from a run killed while
+    // it saved this step; it is not the one the state file names.
+    if sdir.exists() {
+        std::fs::remove_dir_all(&sdir).map_err(|e| ModelError::io(&sdir, e))?;
+    }
+    ckpt.save(&sdir, tokenizer)?;
     let mut moments = TensorMap::new();
     for (i, p) in ps.iter().enumerate() {
         let (m, v) = p.moments();
         moments.insert(format!("m.{i}"), to_host(m));
         moments.insert(format!("v.{i}"), to_host(v));
     }
-    moments.save(&rdir.join("optimizer.safetensors"))?;
+    moments.save(&sdir.join("optimizer.safetensors"))?;
     let json =
         serde_json::to_string_pretty(state).map_err(|e| ModelError::Argument(e.to_string()))?;
-    write_atomic(&rdir.join("trainer_state.json"), json.as_bytes())
+    // The commit: from here on the state names the new step's directory.
+    write_atomic(&rdir.join(STATE_FILE), json.as_bytes())?;
+    // Earlier steps (and the files of states from before step directories).
+    for entry in std::fs::read_dir(&rdir).map_err(|e| ModelError::io(&rdir, e))? {
+        let path = entry.map_err(|e| ModelError::io(&rdir, e))?.path();
+        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+        if file == name || file == STATE_FILE {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| ModelError::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// Loads the state saved in `dir/resume`, if any.
@@ -269,16 +321,53 @@ pub fn load_resume(
     dir: &Path,
 ) -> Result<Option<(Checkpoint, TensorMap, TrainerState)>, ModelError> {
     let rdir = dir.join(RESUME_DIR);
-    let spath = rdir.join("trainer_state.json");
+    let spath = rdir.join(STATE_FILE);
     if !spath.is_file() {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&spath).map_err(|e| ModelError::io(&spath, e))?;
     let state: TrainerState = serde_json::from_str(&text)
         .map_err(|e| ModelError::Argument(format!("{}: {e}", spath.display())))?;
-    let ckpt = Checkpoint::load(&rdir)?;
-    let moments = TensorMap::load(&rdir.join("optimizer.safetensors"))?;
+    let sdir = match &state.dir {
+        Some(d) => rdir.join(d),
+        None => rdir.clone(),
+    };
+    let ckpt = Checkpoint::load(&sdir)?;
+    let moments = TensorMap::load(&sdir.join("optimizer.safetensors"))?;
     Ok(Some((ckpt, moments, state)))
+}
+
+/// How a call of [`pretrain`] ended.
+#[derive(Debug)]
+pub enum Pretrained {
+    /// Every step ran: the trained checkpoint (router rows still as they
+    /// started) and the final held-out loss, if held-out text was given.
+    Finished {
+        /// The trained weights.
+        checkpoint: Box<Checkpoint>,
+        /// Held-out loss at the end.
+        heldout_loss: Option<f64>,
+    },
+    /// The run stopped at [`PretrainRun::pause_at`] after saving its state.
+    Paused {
+        /// Steps completed.
+        step: u64,
+    },
+}
+
+impl Pretrained {
+    /// The checkpoint and loss of a finished run; an error for a paused one.
+    pub fn finished(self) -> Result<(Checkpoint, Option<f64>), ModelError> {
+        match self {
+            Self::Finished {
+                checkpoint,
+                heldout_loss,
+            } => Ok((*checkpoint, heldout_loss)),
+            Self::Paused { step } => Err(ModelError::Argument(format!(
+                "the run paused at step {step} instead of finishing"
+            ))),
+        }
+    }
 }
 
 /// Everything a pretraining run needs besides its data.
@@ -298,18 +387,48 @@ pub struct PretrainRun<'a> {
     /// Heads per layer (the first ones) whose query projection is held at
     /// zero, so that they average the context uniformly (see the module doc).
     pub context_heads: usize,
+    /// Save the state and stop after this step (needs `out_dir`), to continue
+    /// later with `resume`.
+    pub pause_at: Option<u64>,
+    /// This invocation's command line, appended to the saved state's list.
+    pub invocation: Option<String>,
+    /// Stored in every saved state (see [`TrainerState::settings`]).
+    pub settings: Option<serde_json::Value>,
 }
 
-/// Pretrains the anchor; returns the trained checkpoint (router rows still as
-/// they started) and the final held-out loss, if held-out text was given.
+/// Pretrains the anchor, from the start or from a saved state, until the last
+/// step or [`PretrainRun::pause_at`].
+///
+/// # Errors
+/// A resumed state planned for other steps or another seed, a pause without
+/// an output directory, bad data, a diverged loss, I/O.
 pub fn pretrain(
     run: PretrainRun<'_>,
     train: &[u32],
     heldout: Option<&[u32]>,
     device: &Device,
     progress: &mut dyn FnMut(&StepInfo),
-) -> Result<(Checkpoint, Option<f64>), ModelError> {
+) -> Result<Pretrained, ModelError> {
     let opts = &run.opts;
+    let started = Instant::now();
+    if let Some((_, state)) = &run.resume
+        && (state.total_steps, state.seed) != (opts.steps, opts.seed)
+    {
+        return Err(ModelError::Argument(format!(
+            "the saved state is of a run of {} steps with seed {}; this one asks for {} steps with seed {}",
+            state.total_steps, state.seed, opts.steps, opts.seed
+        )));
+    }
+    if run.pause_at.is_some() && run.out_dir.is_none() {
+        return Err(ModelError::Argument(
+            "pausing needs a directory to save the state in".into(),
+        ));
+    }
+    let (seconds_before, mut invocations) =
+        run.resume.as_ref().map_or((0.0, Vec::new()), |(_, s)| {
+            (s.seconds, s.invocations.clone())
+        });
+    invocations.extend(run.invocation.clone());
     let ad = device.clone().autodiff();
     let config = run.start.config.clone();
     let mut start = run.start;
@@ -343,6 +462,14 @@ pub fn pretrain(
         opt.t = state.step;
         first = state.step;
         last_eval = state.last_eval_loss;
+    }
+    if let Some(p) = run.pause_at
+        && !(first < p && p < opts.steps)
+    {
+        return Err(ModelError::Argument(format!(
+            "cannot pause at step {p}: the run goes from step {first} to {}",
+            opts.steps
+        )));
     }
     let seq_len = opts.seq_len.min(config.max_position_embeddings);
     for step in first..opts.steps {
@@ -378,9 +505,10 @@ pub fn pretrain(
             }
             _ => None,
         };
+        let pause = run.pause_at == Some(done) && done < opts.steps;
+        let periodic = run.checkpoint_every > 0 && done % run.checkpoint_every == 0;
         if let Some(dir) = run.out_dir
-            && run.checkpoint_every > 0
-            && done % run.checkpoint_every == 0
+            && (periodic || pause)
             && done < opts.steps
         {
             let ckpt = Checkpoint {
@@ -393,6 +521,10 @@ pub fn pretrain(
                 total_steps: opts.steps,
                 seed: opts.seed,
                 last_eval_loss: last_eval,
+                dir: Some(step_dir(done)),
+                seconds: seconds_before + started.elapsed().as_secs_f64(),
+                invocations: invocations.clone(),
+                settings: run.settings.clone(),
             };
             save_resume(dir, &ckpt, &ps, &state, run.tokenizer_dir)?;
         }
@@ -405,6 +537,9 @@ pub fn pretrain(
             tokens_per_s: (opts.batch_size * seq_len) as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             eval_loss,
         });
+        if pause {
+            return Ok(Pretrained::Paused { step: done });
+        }
     }
     let final_eval = match heldout {
         Some(h) => Some(heldout_loss(
@@ -416,12 +551,15 @@ pub fn pretrain(
         )?),
         None => last_eval,
     };
-    let ckpt = Checkpoint {
+    let checkpoint = Checkpoint {
         config: config.clone(),
         tensors: tensors_of(&config, &ps, &routers)?,
         source_dir: None,
     };
-    Ok((ckpt, final_eval))
+    Ok(Pretrained::Finished {
+        checkpoint: Box::new(checkpoint),
+        heldout_loss: final_eval,
+    })
 }
 
 /// Sets every layer's router row to the anchor's mean router input over `public`

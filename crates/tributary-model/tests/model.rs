@@ -14,7 +14,8 @@ use tributary_model::model::Trace;
 use tributary_model::names;
 use tributary_model::objective::{TrainOptions, lm_loss_traced};
 use tributary_model::pretrain::{
-    PretrainRun, init_anchor, load_resume, pretrain, set_public_router,
+    PretrainRun, Pretrained, RESUME_DIR, TrainerState, init_anchor, load_resume, pretrain,
+    set_public_router,
 };
 use tributary_model::router::{fit_gaussian_offsets, router_features};
 use tributary_model::{Checkpoint, ExpertPackage, FlexOlmo, FlexOlmoConfig};
@@ -414,16 +415,11 @@ fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
         evaluate(&m, &held, 32, 4, &mut |_, _| {}).unwrap().nll
     };
     let run = |start: Checkpoint, resume, dir: Option<&std::path::Path>| {
-        let r = PretrainRun {
-            start,
-            resume,
-            opts: opts.clone(),
-            out_dir: dir,
-            checkpoint_every: 4,
-            tokenizer_dir: None,
-            context_heads: 0,
-        };
-        pretrain(r, &data, Some(&held), &device(), &mut |_| {}).unwrap()
+        let r = run_of(start, resume, &opts, dir, 4, 0);
+        pretrain(r, &data, Some(&held), &device(), &mut |_| {})
+            .unwrap()
+            .finished()
+            .unwrap()
     };
     let (full, loss) = run(start.clone(), None, None);
     assert!(
@@ -434,17 +430,12 @@ fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
     // A run that saves its state at step 4; resuming from that state must end
     // exactly where the uninterrupted run ended.
     let dir = tempfile::tempdir().unwrap();
-    let r = PretrainRun {
-        start: start.clone(),
-        resume: None,
-        opts: opts.clone(),
-        out_dir: Some(dir.path()),
-        checkpoint_every: 4,
-        tokenizer_dir: None,
-        context_heads: 0,
-    };
+    let r = run_of(start.clone(), None, &opts, Some(dir.path()), 4, 0);
     let mut seen = 0;
-    pretrain(r, &data, Some(&held), &device(), &mut |s| seen = s.step).unwrap();
+    pretrain(r, &data, Some(&held), &device(), &mut |s| seen = s.step)
+        .unwrap()
+        .finished()
+        .unwrap();
     assert_eq!(seen, 8);
     let (ckpt, moments, state) = load_resume(dir.path())
         .unwrap()
@@ -457,6 +448,158 @@ fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
     }
 }
 
+type Saved = Option<(tributary_model::weights::TensorMap, TrainerState)>;
+
+/// A pretraining run that neither pauses nor records its invocation.
+fn run_of<'a>(
+    start: Checkpoint,
+    resume: Saved,
+    opts: &TrainOptions,
+    dir: Option<&'a std::path::Path>,
+    checkpoint_every: u64,
+    context_heads: usize,
+) -> PretrainRun<'a> {
+    PretrainRun {
+        start,
+        resume,
+        opts: opts.clone(),
+        out_dir: dir,
+        checkpoint_every,
+        tokenizer_dir: None,
+        context_heads,
+        pause_at: None,
+        invocation: None,
+        settings: None,
+    }
+}
+
+/// A run saving every 2 steps that may pause, recording its invocation and settings.
+fn paused_run<'a>(
+    start: Checkpoint,
+    resume: Saved,
+    opts: &TrainOptions,
+    dir: Option<&'a std::path::Path>,
+    pause_at: Option<u64>,
+) -> PretrainRun<'a> {
+    PretrainRun {
+        pause_at,
+        invocation: Some(format!("pause at {pause_at:?}")),
+        settings: Some(serde_json::json!({ "lr": opts.lr })),
+        ..run_of(start, resume, opts, dir, 2, 0)
+    }
+}
+
+#[test]
+fn a_paused_run_resumes_exactly_and_a_half_saved_state_is_never_loaded() {
+    let config = tiny_config();
+    let data = stream(3_000, 2);
+    let opts = pretrain_opts(8);
+    let start = init_anchor(&config, 1).unwrap();
+    let go = |run: PretrainRun<'_>| pretrain(run, &data, None, &device(), &mut |_| {});
+    let (full, _) = go(paused_run(start.clone(), None, &opts, None, None))
+        .unwrap()
+        .finished()
+        .unwrap();
+
+    // Saves every 2 steps and a pause at 3: the state at 3 is what remains.
+    let dir = tempfile::tempdir().unwrap();
+    let resume_dir = dir.path().join(RESUME_DIR);
+    let outcome = go(paused_run(
+        start.clone(),
+        None,
+        &opts,
+        Some(dir.path()),
+        Some(3),
+    ))
+    .unwrap();
+    assert!(
+        matches!(outcome, Pretrained::Paused { step: 3 }),
+        "{outcome:?}"
+    );
+    let listing = |d: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        listing(&resume_dir),
+        ["step-00000003", "trainer_state.json"]
+    );
+    let (_, _, state) = load_resume(dir.path()).unwrap().unwrap();
+    assert_eq!(state.step, 3);
+    assert_eq!(state.invocations, ["pause at Some(3)"]);
+    assert_eq!(state.settings, Some(serde_json::json!({ "lr": opts.lr })));
+
+    // A run killed while saving step 4 leaves that step's directory half
+    // written; the state file still names step 3, and that is what loads.
+    let half = resume_dir.join("step-00000004");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("model.safetensors"), b"truncated").unwrap();
+    let (ckpt, moments, state) = load_resume(dir.path()).unwrap().unwrap();
+    assert_eq!(state.step, 3);
+
+    // Resuming saves steps 4 and 6 over the leftover and ends exactly where
+    // the uninterrupted run ended.
+    let (resumed, _) = go(paused_run(
+        ckpt,
+        Some((moments, state.clone())),
+        &opts,
+        Some(dir.path()),
+        None,
+    ))
+    .unwrap()
+    .finished()
+    .unwrap();
+    for (name, t) in &full.tensors.0 {
+        let got = &resumed.tensors.get(name).unwrap().data;
+        assert!(
+            got.iter()
+                .zip(&t.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name} differs after pause and resume"
+        );
+    }
+    assert_eq!(
+        listing(&resume_dir),
+        ["step-00000006", "trainer_state.json"]
+    );
+    let (ckpt, moments, last) = load_resume(dir.path()).unwrap().unwrap();
+    assert_eq!(last.step, 6);
+    assert_eq!(last.invocations, ["pause at Some(3)", "pause at None"]);
+    assert!(last.seconds >= state.seconds);
+
+    // A state is refused by a run of other steps or another seed, and a
+    // pause must fall inside the run and have somewhere to save.
+    let mut longer = opts.clone();
+    longer.steps = 9;
+    let err = go(paused_run(
+        ckpt.clone(),
+        Some((moments, last)),
+        &longer,
+        None,
+        None,
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("run of 8 steps with seed 0"),
+        "{err}"
+    );
+    let err = go(paused_run(
+        start.clone(),
+        None,
+        &opts,
+        Some(dir.path()),
+        Some(8),
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot pause at step 8"), "{err}");
+    let err = go(paused_run(start, None, &opts, None, Some(2))).unwrap_err();
+    assert!(err.to_string().contains("a directory to save"), "{err}");
+}
+
 #[test]
 fn context_heads_keep_zero_queries_through_training_and_resume() {
     let config = tiny_config();
@@ -466,16 +609,11 @@ fn context_heads_keep_zero_queries_through_training_and_resume() {
     let start = init_anchor(&config, 3).unwrap();
     let hd = config.head_dim();
     let run = |start: Checkpoint, resume, dir: Option<&std::path::Path>, heads| {
-        let r = PretrainRun {
-            start,
-            resume,
-            opts: opts.clone(),
-            out_dir: dir,
-            checkpoint_every: 3,
-            tokenizer_dir: None,
-            context_heads: heads,
-        };
-        pretrain(r, &data, Some(&held), &device(), &mut |_| {}).unwrap()
+        let r = run_of(start, resume, &opts, dir, 3, heads);
+        pretrain(r, &data, Some(&held), &device(), &mut |_| {})
+            .unwrap()
+            .finished()
+            .unwrap()
     };
     let dir = tempfile::tempdir().unwrap();
     let (plain, _) = run(start.clone(), None, None, 0);
@@ -510,15 +648,7 @@ fn context_heads_keep_zero_queries_through_training_and_resume() {
     }
 
     // More context heads than heads is an error, not a panic.
-    let r = PretrainRun {
-        start,
-        resume: None,
-        opts: opts.clone(),
-        out_dir: None,
-        checkpoint_every: 0,
-        tokenizer_dir: None,
-        context_heads: config.num_attention_heads + 1,
-    };
+    let r = run_of(start, None, &opts, None, 0, config.num_attention_heads + 1);
     let err = pretrain(r, &data, None, &device(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("context heads"), "{err}");
 }
