@@ -20,7 +20,8 @@ use tributary_model::checkpoint::{copy_tokenizer, file_sha256};
 use tributary_model::device::device_for;
 use tributary_model::objective::TrainOptions;
 use tributary_model::pretrain::{
-    PretrainRun, Pretrained, RESUME_DIR, init_anchor, load_resume, pretrain, set_public_router,
+    PretrainRun, Pretrained, RESUME_DIR, has_saved_state, init_anchor, load_resume, pretrain,
+    set_public_router,
 };
 use tributary_model::router::CALIBRATION_FILE;
 
@@ -151,13 +152,14 @@ fn digests(paths: &[PathBuf]) -> Result<Vec<FileDigest>> {
 }
 
 /// What a resumed run must find unchanged: everything that decides the
-/// steps it has yet to take, except `--steps`/`--seed` (checked by the model
-/// crate) and how often it evaluates or saves.
+/// steps it has yet to take, except `--steps`/`--seed` (checked separately)
+/// and how often it evaluates or saves. Text is compared by content (the
+/// digests of the files in reading order), not by how its paths are spelt.
 #[derive(Serialize)]
 struct ResumeSettings<'a> {
     config: &'a FlexOlmoConfig,
-    data: &'a [FileDigest],
-    heldout: &'a [FileDigest],
+    data: Vec<&'a str>,
+    heldout: Vec<&'a str>,
     tokenizer_sha256: &'a str,
     batch_size: usize,
     lr: f64,
@@ -166,33 +168,73 @@ struct ResumeSettings<'a> {
     context_heads: usize,
 }
 
-/// The settings of `saved` that differ from `now`, as `name: saved → now`.
-fn changed_settings(saved: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+/// The settings of `saved` that differ from `now`, one line each: `name:
+/// saved → now`, or for a list of file digests which file changed (named by
+/// its path in `files`, this run's files under the same key).
+fn changed_settings(
+    saved: &serde_json::Value,
+    now: &serde_json::Value,
+    files: &[(&str, &[FileDigest])],
+) -> Vec<String> {
     let (Some(saved), Some(now)) = (saved.as_object(), now.as_object()) else {
         return vec![format!("{saved} → {now}")];
+    };
+    let show = |v: Option<&serde_json::Value>| {
+        let text = v.map_or_else(|| "(none)".to_owned(), ToString::to_string);
+        if text.len() > 120 {
+            format!("{}…", &text[..text.floor_char_boundary(120)])
+        } else {
+            text
+        }
     };
     let mut keys: Vec<&String> = saved.keys().chain(now.keys()).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter()
-        .filter(|k| saved.get(*k) != now.get(*k))
-        .map(|k| {
-            let show = |v: Option<&serde_json::Value>| {
-                let text = v.map_or_else(|| "(none)".to_owned(), ToString::to_string);
-                if text.len() > 120 {
-                    format!("{}…", &text[..text.floor_char_boundary(120)])
-                } else {
-                    text
+    let mut out = Vec::new();
+    for k in keys {
+        let (was, is) = (saved.get(k), now.get(k));
+        if was == is {
+            continue;
+        }
+        let listed = files
+            .iter()
+            .find(|(name, _)| *name == k.as_str())
+            .map(|(_, f)| *f);
+        match (
+            listed,
+            was.and_then(|v| v.as_array()),
+            is.and_then(|v| v.as_array()),
+        ) {
+            (Some(paths), Some(was), Some(is)) if was.len() == is.len() => {
+                for (i, _) in was.iter().zip(is).enumerate().filter(|(_, (a, b))| a != b) {
+                    let path = paths.get(i).map_or("?", |f| f.path.as_str());
+                    out.push(format!(
+                        "{k}: file {} of {} ({path}) has other contents",
+                        i + 1,
+                        is.len()
+                    ));
                 }
-            };
-            format!("{k}: {} → {}", show(saved.get(k)), show(now.get(k)))
-        })
-        .collect()
+            }
+            (Some(_), Some(was), Some(is)) => {
+                out.push(format!("{k}: {} files → {} files", was.len(), is.len()));
+            }
+            _ => out.push(format!("{k}: {} → {}", show(was), show(is))),
+        }
+    }
+    out
 }
 
 fn tokens(paths: &[PathBuf], tok: &TextTokenizer) -> Result<Vec<u32>> {
     let docs = read_documents(paths).context("reading text")?;
     token_stream(&docs, tok).context("tokenizing")
+}
+
+/// The recipe's first command when the state it resumed predates recording them.
+const UNRECORDED: &str = "(not recorded: the run was started by an older version)";
+
+/// The digests of `files`, in order: what a resume compares.
+fn contents(files: &[FileDigest]) -> Vec<&str> {
+    files.iter().map(|f| f.sha256.as_str()).collect()
 }
 
 /// Size of the public text sample written beside the anchor for contributors'
@@ -202,6 +244,14 @@ pub const CALIBRATION_BYTES: usize = 192 * 1024;
 /// Runs `coordinator anchor pretrain`.
 pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
     let started = std::time::Instant::now();
+    if let Some(p) = a.pause_at
+        && p >= a.steps
+    {
+        bail!(
+            "--pause-at {p} is not before the last step (--steps {})",
+            a.steps
+        );
+    }
     let device = device_for(&a.backend)?;
     let tok = TextTokenizer::load(&a.tokenizer)
         .with_context(|| format!("loading tokenizer {}", a.tokenizer.display()))?;
@@ -250,17 +300,19 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
     let data_digests = digests(&a.data)?;
     let heldout_digests = digests(&a.heldout)?;
     let tokenizer_sha256 = file_sha256(&a.tokenizer.join("tokenizer.json"))?;
-    let settings = serde_json::to_value(ResumeSettings {
-        config: &config,
-        data: &data_digests,
-        heldout: &heldout_digests,
-        tokenizer_sha256: &tokenizer_sha256,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        warmup: a.warmup,
-        weight_decay: a.weight_decay,
-        context_heads: a.context_heads,
-    })?;
+    // Through text, as the saved copy went, so that floats compare bit for bit.
+    let settings: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&ResumeSettings {
+            config: &config,
+            data: contents(&data_digests),
+            heldout: contents(&heldout_digests),
+            tokenizer_sha256: &tokenizer_sha256,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            warmup: a.warmup,
+            weight_decay: a.weight_decay,
+            context_heads: a.context_heads,
+        })?)?;
     let (start, resume) = if a.resume {
         match load_resume(&a.out)? {
             Some((ckpt, moments, state)) => {
@@ -282,7 +334,11 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
                 }
                 // States saved before settings were recorded cannot be checked.
                 if let Some(saved) = &state.settings {
-                    let changed = changed_settings(saved, &settings);
+                    let files = [
+                        ("data", data_digests.as_slice()),
+                        ("heldout", heldout_digests.as_slice()),
+                    ];
+                    let changed = changed_settings(saved, &settings, &files);
                     if !changed.is_empty() {
                         bail!(
                             "the saved state in {} was made with other settings or data; resume with those of the run that saved it (the same command plus --resume):\n  {}",
@@ -300,18 +356,18 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
             ),
         }
     } else {
+        // Checked first: a run that stopped while it wrote its final files
+        // has both, and can still be finished with --resume.
+        if has_saved_state(&a.out) {
+            bail!(
+                "{} holds the saved state of an unfinished run; pass --resume to continue it, or choose another --out",
+                a.out.display()
+            );
+        }
         if a.out.join("model.safetensors").exists() {
             bail!(
                 "{} already holds a model; choose another --out",
                 a.out.display()
-            );
-        }
-        if let Some(state) = load_resume(&a.out).ok().flatten().map(|(_, _, s)| s) {
-            bail!(
-                "{} holds the saved state of an unfinished run (step {} of {}); pass --resume to continue it, or choose another --out",
-                a.out.display(),
-                state.step,
-                state.total_steps
             );
         }
         (init_anchor(&config, a.seed)?, None)
@@ -340,10 +396,12 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         invocation: Some(invocation.clone()),
         settings: Some(settings),
     };
-    let mut invocations = run
-        .resume
-        .as_ref()
-        .map_or_else(Vec::new, |(_, s)| s.invocations.clone());
+    let mut invocations = match &run.resume {
+        // A state saved before invocations were recorded.
+        Some((_, s)) if s.invocations.is_empty() => vec![UNRECORDED.to_owned()],
+        Some((_, s)) => s.invocations.clone(),
+        None => Vec::new(),
+    };
     invocations.push(invocation);
     let seconds_before = run.resume.as_ref().map_or(0.0, |(_, s)| s.seconds);
     let held_ref = (!held.is_empty()).then_some(held.as_slice());
@@ -386,11 +444,6 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
     eprintln!("computing the public router row r_pub");
     set_public_router(&mut ckpt, &train, a.context, 262_144, &device)?;
     ckpt.save(&a.out, Some(&a.tokenizer))?;
-    let resume_dir = a.out.join(RESUME_DIR);
-    if resume_dir.exists() {
-        std::fs::remove_dir_all(&resume_dir)
-            .with_context(|| format!("removing {}", resume_dir.display()))?;
-    }
     copy_tokenizer(&a.tokenizer, &a.out)?;
     let docs = read_documents(&a.data).context("reading text")?;
     let sample = a.out.join(CALIBRATION_FILE);
@@ -420,6 +473,12 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         seconds: seconds_before + started.elapsed().as_secs_f64(),
     };
     write_json(&a.out.join("recipe.json"), &recipe)?;
+    // Last: until every file above is written, --resume can finish the run.
+    let resume_dir = a.out.join(RESUME_DIR);
+    if resume_dir.exists() {
+        std::fs::remove_dir_all(&resume_dir)
+            .with_context(|| format!("removing {}", resume_dir.display()))?;
+    }
     match final_loss {
         Some(l) => eprintln!(
             "wrote anchor to {} (held-out loss {l:.4}, perplexity {:.2})",

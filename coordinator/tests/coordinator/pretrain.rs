@@ -126,11 +126,10 @@ fn a_paused_pretraining_resumes_to_the_same_anchor_and_refuses_changed_settings(
 
     // Starting afresh over it, or resuming with other settings, is refused
     // and leaves the state as it was.
+    let state = || std::fs::read(split.join("resume/trainer_state.json")).expect("a state");
+    let saved = state();
     let stderr = fails(&args(&data, &split, &[]));
-    assert!(
-        stderr.contains("unfinished run (step 5 of 12); pass --resume"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unfinished run; pass --resume"), "{stderr}");
     let stderr = fails(&args(&data, &split, &["--resume", "--lr", "0.001"]));
     assert!(stderr.contains("lr: 0.003 → 0.001"), "{stderr}");
     let stderr = fails(&args(&data, &split, &["--resume", "--seed", "4"]));
@@ -140,16 +139,25 @@ fn a_paused_pretraining_resumes_to_the_same_anchor_and_refuses_changed_settings(
     );
     std::fs::write(data.join("more/b.jsonl"), lines[0]).expect("write");
     let stderr = fails(&args(&data, &split, &["--resume"]));
-    assert!(stderr.contains("data: "), "{stderr}");
+    assert!(
+        stderr.contains("data: file 2 of 2 (") && stderr.contains("b.jsonl) has other contents"),
+        "{stderr}"
+    );
     std::fs::write(
         data.join("more/b.jsonl"),
         lines[lines.len() / 2..].join("\n"),
     )
     .expect("write");
-    assert_eq!(saved_step(&split), 5);
+    let stderr = fails(&args(&data, &split, &["--resume", "--pause-at", "12"]));
+    assert!(
+        stderr.contains("--pause-at 12 is not before the last step"),
+        "{stderr}"
+    );
+    assert_eq!(state(), saved, "a refused resume changed the saved state");
 
-    // Resumed: the same bytes as the uninterrupted run, both commands recorded.
-    succeeds(&args(&data, &split, &["--resume"]));
+    // Resumed, naming the same files by another path: the same bytes as the
+    // uninterrupted run, both commands recorded.
+    succeeds(&args(&data.join("."), &split, &["--resume"]));
     assert_eq!(
         std::fs::read(split.join("model.safetensors")).expect("model"),
         std::fs::read(whole.join("model.safetensors")).expect("model"),

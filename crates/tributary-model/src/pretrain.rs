@@ -31,7 +31,7 @@ use crate::model::{Attention, Ffn, FlexOlmo, Layer, to_host, to_host_transposed}
 use crate::names;
 use crate::objective::{StepInfo, TrainOptions, heldout_loss, lm_loss, sample_batch};
 use crate::optim::{AdamW, AdamWConfig, Param, schedule};
-use crate::weights::{HostTensor, TensorMap, write_atomic};
+use crate::weights::{HostTensor, TensorMap};
 
 /// Parameters per decoder layer in the flat list.
 const PER_LAYER: usize = 8;
@@ -295,10 +295,23 @@ fn save_resume(
         moments.insert(format!("v.{i}"), to_host(v));
     }
     moments.save(&sdir.join("optimizer.safetensors"))?;
+    // On disk before the state that names them, so that the commit below
+    // holds after a power loss too, not only after a killed process.
+    sync_files(&sdir)?;
+    sync_dir(&rdir)?;
     let json =
         serde_json::to_string_pretty(state).map_err(|e| ModelError::Argument(e.to_string()))?;
     // The commit: from here on the state names the new step's directory.
-    write_atomic(&rdir.join(STATE_FILE), json.as_bytes())?;
+    // (`write_atomic` does not flush; this write must.)
+    let tmp = rdir.join(format!("{STATE_FILE}.partial"));
+    let io = |e| ModelError::io(&tmp, e);
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut file, json.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    let spath = rdir.join(STATE_FILE);
+    std::fs::rename(&tmp, &spath).map_err(|e| ModelError::io(&spath, e))?;
+    sync_dir(&rdir)?;
     // Earlier steps (and the files of states from before step directories).
     for entry in std::fs::read_dir(&rdir).map_err(|e| ModelError::io(&rdir, e))? {
         let path = entry.map_err(|e| ModelError::io(&rdir, e))?.path();
@@ -314,6 +327,31 @@ fn save_resume(
         removed.map_err(|e| ModelError::io(&path, e))?;
     }
     Ok(())
+}
+
+/// Flushes every file directly in `dir`, then `dir` itself, to disk.
+fn sync_files(dir: &Path) -> Result<(), ModelError> {
+    for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
+        let path = entry.map_err(|e| ModelError::io(dir, e))?.path();
+        if path.is_file() {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| ModelError::io(&path, e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Flushes a directory's entries (new and renamed files) to disk.
+fn sync_dir(dir: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ModelError::io(dir, e))
+}
+
+/// Whether `dir` holds the saved state of an unfinished run (without loading it).
+pub fn has_saved_state(dir: &Path) -> bool {
+    dir.join(RESUME_DIR).join(STATE_FILE).is_file()
 }
 
 /// Loads the state saved in `dir/resume`, if any.

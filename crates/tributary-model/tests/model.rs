@@ -450,6 +450,45 @@ fn pretraining_lowers_loss_and_resumes_to_the_same_weights() {
 
 type Saved = Option<(tributary_model::weights::TensorMap, TrainerState)>;
 
+fn assert_bit_identical(want: &Checkpoint, got: &Checkpoint) {
+    assert_eq!(want.tensors.0.len(), got.tensors.0.len());
+    for (name, t) in &want.tensors.0 {
+        let g = &got.tensors.get(name).unwrap().data;
+        assert_eq!(g.len(), t.data.len(), "{name}");
+        assert!(
+            g.iter()
+                .zip(&t.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name} differs after pause and resume"
+        );
+    }
+}
+
+fn sorted_listing(d: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Resumes the state in `dir` (saving every 2 steps) to the end of an 8-step
+/// run, which must give `full`'s weights and leave only step 6's state.
+fn resume_to_the_end(dir: &std::path::Path, data: &[u32], opts: &TrainOptions, full: &Checkpoint) {
+    let (ckpt, moments, state) = load_resume(dir).unwrap().unwrap();
+    let run = paused_run(ckpt, Some((moments, state)), opts, Some(dir), None);
+    let (resumed, _) = pretrain(run, data, None, &device(), &mut |_| {})
+        .unwrap()
+        .finished()
+        .unwrap();
+    assert_bit_identical(full, &resumed);
+    assert_eq!(
+        sorted_listing(&dir.join(RESUME_DIR)),
+        ["step-00000006", "trainer_state.json"]
+    );
+}
+
 /// A pretraining run that neither pauses nor records its invocation.
 fn run_of<'a>(
     start: Checkpoint,
@@ -516,14 +555,7 @@ fn a_paused_run_resumes_exactly_and_a_half_saved_state_is_never_loaded() {
         matches!(outcome, Pretrained::Paused { step: 3 }),
         "{outcome:?}"
     );
-    let listing = |d: &std::path::Path| {
-        let mut names: Vec<String> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
+    let listing = sorted_listing;
     assert_eq!(
         listing(&resume_dir),
         ["step-00000003", "trainer_state.json"]
@@ -538,38 +570,40 @@ fn a_paused_run_resumes_exactly_and_a_half_saved_state_is_never_loaded() {
     let half = resume_dir.join("step-00000004");
     std::fs::create_dir_all(&half).unwrap();
     std::fs::write(half.join("model.safetensors"), b"truncated").unwrap();
+    std::fs::write(half.join("stray.partial"), b"").unwrap();
     let (ckpt, moments, state) = load_resume(dir.path()).unwrap().unwrap();
     assert_eq!(state.step, 3);
 
-    // Resuming saves steps 4 and 6 over the leftover and ends exactly where
-    // the uninterrupted run ended.
-    let (resumed, _) = go(paused_run(
+    // Resuming and pausing again at 4 saves step 4 afresh: the leftover
+    // directory is replaced, not written over.
+    let outcome = go(paused_run(
         ckpt,
         Some((moments, state.clone())),
         &opts,
         Some(dir.path()),
-        None,
+        Some(4),
     ))
-    .unwrap()
-    .finished()
     .unwrap();
-    for (name, t) in &full.tensors.0 {
-        let got = &resumed.tensors.get(name).unwrap().data;
-        assert!(
-            got.iter()
-                .zip(&t.data)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{name} differs after pause and resume"
-        );
-    }
+    assert!(
+        matches!(outcome, Pretrained::Paused { step: 4 }),
+        "{outcome:?}"
+    );
     assert_eq!(
         listing(&resume_dir),
-        ["step-00000006", "trainer_state.json"]
+        ["step-00000004", "trainer_state.json"]
     );
+    assert!(!listing(&half).contains(&"stray.partial".to_owned()));
+
+    // Resuming again saves step 6 and ends exactly where the uninterrupted
+    // run ended.
+    resume_to_the_end(dir.path(), &data, &opts, &full);
     let (ckpt, moments, last) = load_resume(dir.path()).unwrap().unwrap();
     assert_eq!(last.step, 6);
-    assert_eq!(last.invocations, ["pause at Some(3)", "pause at None"]);
-    assert!(last.seconds >= state.seconds);
+    assert_eq!(
+        last.invocations,
+        ["pause at Some(3)", "pause at Some(4)", "pause at None"]
+    );
+    assert!(last.seconds > state.seconds);
 
     // A state is refused by a run of other steps or another seed, and a
     // pause must fall inside the run and have somewhere to save.
@@ -598,6 +632,39 @@ fn a_paused_run_resumes_exactly_and_a_half_saved_state_is_never_loaded() {
     assert!(err.to_string().contains("cannot pause at step 8"), "{err}");
     let err = go(paused_run(start, None, &opts, None, Some(2))).unwrap_err();
     assert!(err.to_string().contains("a directory to save"), "{err}");
+}
+
+#[test]
+fn a_state_saved_in_the_layout_before_step_directories_still_resumes() {
+    let config = tiny_config();
+    let data = stream(3_000, 2);
+    let opts = pretrain_opts(8);
+    let start = init_anchor(&config, 1).unwrap();
+    let go = |run: PretrainRun<'_>| pretrain(run, &data, None, &device(), &mut |_| {});
+    let (full, _) = go(run_of(start.clone(), None, &opts, None, 0, 0))
+        .unwrap()
+        .finished()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let resume_dir = dir.path().join(RESUME_DIR);
+    go(paused_run(start, None, &opts, Some(dir.path()), Some(3))).unwrap();
+    // Rewrite it as older versions saved it: the files directly in resume/,
+    // and a state file without the fields added since.
+    let step = resume_dir.join("step-00000003");
+    for name in sorted_listing(&step) {
+        std::fs::rename(step.join(&name), resume_dir.join(&name)).unwrap();
+    }
+    std::fs::remove_dir(&step).unwrap();
+    std::fs::write(
+        resume_dir.join("trainer_state.json"),
+        r#"{"step": 3, "total_steps": 8, "seed": 0, "last_eval_loss": null}"#,
+    )
+    .unwrap();
+    let (_, _, state) = load_resume(dir.path()).unwrap().unwrap();
+    assert_eq!((state.step, state.dir.as_deref()), (3, None));
+    assert!(state.invocations.is_empty() && state.settings.is_none());
+    // Saving in the new layout removes the old files.
+    resume_to_the_end(dir.path(), &data, &opts, &full);
 }
 
 #[test]
