@@ -229,9 +229,6 @@ fn tokens(paths: &[PathBuf], tok: &TextTokenizer) -> Result<Vec<u32>> {
     token_stream(&docs, tok).context("tokenizing")
 }
 
-/// The recipe's first command when the state it resumed predates recording them.
-const UNRECORDED: &str = "(not recorded: the run was started by an older version)";
-
 /// The digests of `files`, in order: what a resume compares.
 fn contents(files: &[FileDigest]) -> Vec<&str> {
     files.iter().map(|f| f.sha256.as_str()).collect()
@@ -393,17 +390,9 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         tokenizer_dir: Some(&a.tokenizer),
         context_heads: a.context_heads,
         pause_at: a.pause_at,
-        invocation: Some(invocation.clone()),
+        invocation: Some(invocation),
         settings: Some(settings),
     };
-    let mut invocations = match &run.resume {
-        // A state saved before invocations were recorded.
-        Some((_, s)) if s.invocations.is_empty() => vec![UNRECORDED.to_owned()],
-        Some((_, s)) => s.invocations.clone(),
-        None => Vec::new(),
-    };
-    invocations.push(invocation);
-    let seconds_before = run.resume.as_ref().map_or(0.0, |(_, s)| s.seconds);
     let held_ref = (!held.is_empty()).then_some(held.as_slice());
     let outcome = pretrain(run, &train, held_ref, &device, &mut |s| {
         let v = smooth.map_or(s.loss, |p| 0.95 * p + 0.05 * s.loss);
@@ -427,11 +416,13 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         }
     })?;
     bar.finish();
-    let (mut ckpt, final_loss) = match outcome {
+    let (mut ckpt, final_loss, invocations, earlier_seconds) = match outcome {
         Pretrained::Finished {
             checkpoint,
             heldout_loss,
-        } => (*checkpoint, heldout_loss),
+            invocations,
+            earlier_seconds,
+        } => (*checkpoint, heldout_loss, invocations, earlier_seconds),
         Pretrained::Paused { step } => {
             eprintln!(
                 "paused after step {step} of {}: the state is in {}; run the same command with --resume (and without --pause-at, or a later one) to continue",
@@ -470,7 +461,7 @@ pub fn pretrain_cmd(a: &PretrainArgs) -> Result<()> {
         final_heldout_loss: final_loss,
         final_heldout_perplexity: final_loss.map(f64::exp),
         model_sha256: file_sha256(&a.out.join("model.safetensors"))?,
-        seconds: seconds_before + started.elapsed().as_secs_f64(),
+        seconds: earlier_seconds + started.elapsed().as_secs_f64(),
     };
     write_json(&a.out.join("recipe.json"), &recipe)?;
     // Last: until every file above is written, --resume can finish the run.

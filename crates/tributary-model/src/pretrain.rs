@@ -31,7 +31,7 @@ use crate::model::{Attention, Ffn, FlexOlmo, Layer, to_host, to_host_transposed}
 use crate::names;
 use crate::objective::{StepInfo, TrainOptions, heldout_loss, lm_loss, sample_batch};
 use crate::optim::{AdamW, AdamWConfig, Param, schedule};
-use crate::weights::{HostTensor, TensorMap};
+use crate::weights::{HostTensor, TensorMap, sync_dir, write_durable};
 
 /// Parameters per decoder layer in the flat list.
 const PER_LAYER: usize = 8;
@@ -261,6 +261,10 @@ pub struct TrainerState {
 /// Where a resumable run keeps its state.
 pub const RESUME_DIR: &str = "resume";
 
+/// The first entry of a resumed run's invocations when the state it resumed
+/// was saved before invocations were recorded.
+pub const UNRECORDED_INVOCATION: &str = "(not recorded: the run was started by an older version)";
+
 /// The state file inside [`RESUME_DIR`].
 const STATE_FILE: &str = "trainer_state.json";
 
@@ -269,18 +273,18 @@ fn step_dir(step: u64) -> String {
     format!("step-{step:08}")
 }
 
+/// Saves `state` (its `dir` set here, from its step) with its weights and
+/// moments in `dir/resume`.
 fn save_resume(
     dir: &Path,
     ckpt: &Checkpoint,
     ps: &[Param],
-    state: &TrainerState,
+    mut state: TrainerState,
     tokenizer: Option<&Path>,
 ) -> Result<(), ModelError> {
     let rdir = dir.join(RESUME_DIR);
-    let name = state
-        .dir
-        .clone()
-        .unwrap_or_else(|| unreachable!("save_resume is given a state with its directory"));
+    let name = step_dir(state.step);
+    state.dir = Some(name.clone());
     let sdir = rdir.join(&name);
     // A directory of this name can only be left over from a run killed while
     // it saved this step; it is not the one the state file names.
@@ -300,18 +304,9 @@ fn save_resume(
     sync_files(&sdir)?;
     sync_dir(&rdir)?;
     let json =
-        serde_json::to_string_pretty(state).map_err(|e| ModelError::Argument(e.to_string()))?;
+        serde_json::to_string_pretty(&state).map_err(|e| ModelError::Argument(e.to_string()))?;
     // The commit: from here on the state names the new step's directory.
-    // (`write_atomic` does not flush; this write must.)
-    let tmp = rdir.join(format!("{STATE_FILE}.partial"));
-    let io = |e| ModelError::io(&tmp, e);
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    std::io::Write::write_all(&mut file, json.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    let spath = rdir.join(STATE_FILE);
-    std::fs::rename(&tmp, &spath).map_err(|e| ModelError::io(&spath, e))?;
-    sync_dir(&rdir)?;
+    write_durable(&rdir.join(STATE_FILE), json.as_bytes())?;
     // Earlier steps (and the files of states from before step directories).
     for entry in std::fs::read_dir(&rdir).map_err(|e| ModelError::io(&rdir, e))? {
         let path = entry.map_err(|e| ModelError::io(&rdir, e))?.path();
@@ -340,13 +335,6 @@ fn sync_files(dir: &Path) -> Result<(), ModelError> {
         }
     }
     sync_dir(dir)
-}
-
-/// Flushes a directory's entries (new and renamed files) to disk.
-fn sync_dir(dir: &Path) -> Result<(), ModelError> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| ModelError::io(dir, e))
 }
 
 /// Whether `dir` holds the saved state of an unfinished run (without loading it).
@@ -385,6 +373,12 @@ pub enum Pretrained {
         checkpoint: Box<Checkpoint>,
         /// Held-out loss at the end.
         heldout_loss: Option<f64>,
+        /// The command lines that ran the steps, first to last: the resumed
+        /// state's (or [`UNRECORDED_INVOCATION`] for a state that has none)
+        /// and then [`PretrainRun::invocation`]; empty when the run records none.
+        invocations: Vec<String>,
+        /// Training seconds of the invocations before this one.
+        earlier_seconds: f64,
     },
     /// The run stopped at [`PretrainRun::pause_at`] after saving its state.
     Paused {
@@ -400,6 +394,7 @@ impl Pretrained {
             Self::Finished {
                 checkpoint,
                 heldout_loss,
+                ..
             } => Ok((*checkpoint, heldout_loss)),
             Self::Paused { step } => Err(ModelError::Argument(format!(
                 "the run paused at step {step} instead of finishing"
@@ -462,10 +457,14 @@ pub fn pretrain(
             "pausing needs a directory to save the state in".into(),
         ));
     }
-    let (seconds_before, mut invocations) =
-        run.resume.as_ref().map_or((0.0, Vec::new()), |(_, s)| {
-            (s.seconds, s.invocations.clone())
-        });
+    let seconds_before = run.resume.as_ref().map_or(0.0, |(_, s)| s.seconds);
+    let mut invocations = match (&run.resume, &run.invocation) {
+        (Some((_, s)), Some(_)) if s.invocations.is_empty() => {
+            vec![UNRECORDED_INVOCATION.to_owned()]
+        }
+        (Some((_, s)), _) => s.invocations.clone(),
+        (None, _) => Vec::new(),
+    };
     invocations.extend(run.invocation.clone());
     let ad = device.clone().autodiff();
     let config = run.start.config.clone();
@@ -543,7 +542,8 @@ pub fn pretrain(
             }
             _ => None,
         };
-        let pause = run.pause_at == Some(done) && done < opts.steps;
+        // Never the last step: `pause_at` was checked to lie inside the run.
+        let pause = run.pause_at == Some(done);
         let periodic = run.checkpoint_every > 0 && done % run.checkpoint_every == 0;
         if let Some(dir) = run.out_dir
             && (periodic || pause)
@@ -559,12 +559,12 @@ pub fn pretrain(
                 total_steps: opts.steps,
                 seed: opts.seed,
                 last_eval_loss: last_eval,
-                dir: Some(step_dir(done)),
+                dir: None,
                 seconds: seconds_before + started.elapsed().as_secs_f64(),
                 invocations: invocations.clone(),
                 settings: run.settings.clone(),
             };
-            save_resume(dir, &ckpt, &ps, &state, run.tokenizer_dir)?;
+            save_resume(dir, &ckpt, &ps, state, run.tokenizer_dir)?;
         }
         progress(&StepInfo {
             step: done,
@@ -597,6 +597,8 @@ pub fn pretrain(
     Ok(Pretrained::Finished {
         checkpoint: Box::new(checkpoint),
         heldout_loss: final_eval,
+        invocations,
+        earlier_seconds: seconds_before,
     })
 }
 

@@ -199,9 +199,41 @@ impl TensorMap {
 
 /// Writes `bytes` to `path` through a sibling temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    replace_file(path, bytes, false)
+}
+
+/// [`write_atomic`], with the new file flushed to disk before the rename and
+/// the rename flushed after it: once this returns, `path` holds `bytes` even
+/// after a power loss.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    replace_file(path, bytes, true)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), ModelError> {
     let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    let io = |e| ModelError::io(&tmp, e);
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut file, bytes).map_err(io)?;
+    if durable {
+        file.sync_all().map_err(io)?;
+    }
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))?;
+    match path.parent() {
+        Some(dir) if durable => sync_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Flushes a directory's entries (new and renamed files) to disk.
+pub fn sync_dir(dir: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ModelError::io(dir, e))
 }
 
 fn decode(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, ModelError> {

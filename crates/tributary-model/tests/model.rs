@@ -14,8 +14,8 @@ use tributary_model::model::Trace;
 use tributary_model::names;
 use tributary_model::objective::{TrainOptions, lm_loss_traced};
 use tributary_model::pretrain::{
-    PretrainRun, Pretrained, RESUME_DIR, TrainerState, init_anchor, load_resume, pretrain,
-    set_public_router,
+    PretrainRun, Pretrained, RESUME_DIR, TrainerState, UNRECORDED_INVOCATION, init_anchor,
+    load_resume, pretrain, set_public_router,
 };
 use tributary_model::router::{fit_gaussian_offsets, router_features};
 use tributary_model::{Checkpoint, ExpertPackage, FlexOlmo, FlexOlmoConfig};
@@ -665,6 +665,9 @@ fn a_state_saved_in_the_layout_before_step_directories_still_resumes() {
     assert!(state.invocations.is_empty() && state.settings.is_none());
     // Saving in the new layout removes the old files.
     resume_to_the_end(dir.path(), &data, &opts, &full);
+    // The unrecorded start stays first in every later state.
+    let (_, _, last) = load_resume(dir.path()).unwrap().unwrap();
+    assert_eq!(last.invocations, [UNRECORDED_INVOCATION, "pause at None"]);
 }
 
 #[test]
